@@ -1,0 +1,136 @@
+//! The `wharf` binary: `dev` and `serve` run a node; `repo` and `config` are client-side
+//! commands (`--endpoint URL` / `WHARF_ENDPOINT`, `--json`).
+
+mod repo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wharf_config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "Wharf: a geo-distributed artifact registry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A working registry with no setup: data in ./wharf-data, 127.0.0.1:7070, no auth,
+    /// repositories created on first push.
+    Dev {
+        #[arg(long, default_value = "wharf-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+    },
+    /// Run a node from a configuration file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides server.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Repositories on a running node.
+    Repo(repo::RepoArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate FILE; print the effective configuration.
+    Check { file: PathBuf },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("WHARF_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev { data_dir, listen } => {
+                init_logging();
+                let mut config = Config::dev();
+                config.server.data_dir = data_dir;
+                config.server.listen = listen;
+                if !listen.ip().is_loopback() {
+                    anyhow::bail!("wharf dev has no authentication and listens on loopback only; use `wharf serve` for {listen}");
+                }
+                eprintln!("wharf dev: registry on http://{listen} (data in {})", config.server.data_dir.display());
+                Ok(wharf_server::run(config, shutdown_signal()).await?)
+            }
+            Command::Serve { config, data_dir } => {
+                init_logging();
+                let mut config = Config::load(&config)?;
+                if let Some(dir) = data_dir {
+                    config.server.data_dir = dir;
+                }
+                Ok(wharf_server::run(config, shutdown_signal()).await?)
+            }
+            Command::Config { command: ConfigCommand::Check { file } } => {
+                let config = Config::load(&file)?;
+                println!("{}: ok", file.display());
+                println!("listen = {}\ndata_dir = {}", config.server.listen, config.server.data_dir.display());
+                Ok(())
+            }
+            Command::Repo(args) => repo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,111 @@
+//! `wharf repo create|list` against a running node's admin API.
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where and how client-side commands talk to a node.
+#[derive(Args)]
+pub struct ClientOpts {
+    /// The node's client URL.
+    #[arg(
+        long,
+        env = "WHARF_ENDPOINT",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    endpoint: String,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RepoArgs {
+    #[command(flatten)]
+    client: ClientOpts,
+    #[command(subcommand)]
+    command: RepoCommand,
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Create a hosted repository.
+    Create {
+        name: String,
+        /// oci or generic.
+        #[arg(long)]
+        format: wharf_types::Format,
+        /// Tags / paths bind once, forever.
+        #[arg(long)]
+        immutable: bool,
+        /// Admit OCI indexes whose child manifests are missing.
+        #[arg(long)]
+        allow_sparse_index: bool,
+    },
+    /// List repositories.
+    List,
+}
+
+pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let base = args.client.endpoint.trim_end_matches('/');
+    match args.command {
+        RepoCommand::Create {
+            name,
+            format,
+            immutable,
+            allow_sparse_index,
+        } => {
+            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index });
+            let response = client
+                .post(format!("{base}/api/v1/repos"))
+                .json(&body)
+                .send()
+                .await?;
+            let status = response.status();
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                anyhow::bail!("{}", error_message(status, &value));
+            }
+            if args.client.json {
+                println!("{value}");
+            } else {
+                println!(
+                    "created {} repository {name}{}",
+                    format.as_str(),
+                    if immutable { " (immutable)" } else { "" }
+                );
+            }
+        }
+        RepoCommand::List => {
+            let response = client.get(format!("{base}/api/v1/repos")).send().await?;
+            let status = response.status();
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                anyhow::bail!("{}", error_message(status, &value));
+            }
+            if args.client.json {
+                println!("{value}");
+            } else {
+                println!("{:<32} {:<8} IMMUTABLE", "NAME", "FORMAT");
+                for repo in value["repositories"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<32} {:<8} {}",
+                        repo["name"].as_str().unwrap_or_default(),
+                        repo["format"].as_str().unwrap_or_default(),
+                        repo["immutable"].as_bool().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn error_message(status: reqwest::StatusCode, body: &Value) -> String {
+    let first = &body["errors"][0];
+    match (first["code"].as_str(), first["message"].as_str()) {
+        (Some(code), Some(message)) => format!("{status}: {code}: {message}"),
+        _ => format!("{status}"),
+    }
+}

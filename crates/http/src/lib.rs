@@ -1,0 +1,212 @@
+//! HTTP plumbing every format shares: the `X-Wharf-Node` header and one tracing span per
+//! request ([`node_and_span`]), external URLs built from config or trusted proxy headers
+//! ([`ExternalUrl`]), and request bodies either streamed or read whole under a limit
+//! ([`read_limited`]).
+
+pub mod range;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::Stream;
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tracing::Instrument;
+
+/// Header naming the node that answered; on every response (DESIGN.md §1.10).
+pub const NODE_HEADER: &str = "x-wharf-node";
+
+/// Per-node facts the middleware needs.
+#[derive(Clone)]
+pub struct NodeHeader {
+    value: HeaderValue,
+}
+
+impl NodeHeader {
+    /// The header value for node `id`.
+    pub fn new(id: u64) -> Self {
+        NodeHeader {
+            value: HeaderValue::from(id),
+        }
+    }
+}
+
+/// Middleware: opens one span per request and stamps `X-Wharf-Node` on the response.
+pub async fn node_and_span(
+    State(node): State<NodeHeader>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        node = ?node.value,
+        status = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    let _enter = span.enter();
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "done");
+    response
+        .headers_mut()
+        .insert(NODE_HEADER, node.value.clone());
+    response
+}
+
+/// How a request body ended before it was fully read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body exceeds the route's limit.
+    TooLarge { limit: u64 },
+    /// The client disconnected or sent a broken body.
+    Transport(String),
+}
+
+/// Reads a whole body of at most `limit` bytes (for manifests and JSON documents; blobs are
+/// always streamed).
+pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, BodyError> {
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(BodyError::TooLarge { limit })
+        }
+        Err(e) => Err(BodyError::Transport(e.to_string())),
+    }
+}
+
+/// A streamed request body.
+pub fn stream_body(body: Body) -> impl Stream<Item = Result<Bytes, axum::Error>> + Unpin + Send {
+    body.into_data_stream()
+}
+
+/// Builds the absolute base URL clients are told to use (DESIGN.md §4 "URLs"): from
+/// `server.public_url` when configured, else from `Forwarded` / `X-Forwarded-*` when the peer
+/// is a trusted proxy, else from `Host`.
+#[derive(Clone, Debug)]
+pub struct ExternalUrl {
+    public_url: Option<Arc<str>>,
+    trusted_proxies: Arc<[IpAddr]>,
+    tls: bool,
+}
+
+impl ExternalUrl {
+    /// `public_url` may carry a path prefix; a trailing `/` is dropped.
+    pub fn new(public_url: Option<&str>, trusted_proxies: &[IpAddr], tls: bool) -> Self {
+        ExternalUrl {
+            public_url: public_url.map(|u| Arc::from(u.trim_end_matches('/'))),
+            trusted_proxies: Arc::from(trusted_proxies),
+            tls,
+        }
+    }
+
+    /// The base URL (scheme, host, optional prefix; no trailing slash) for one request.
+    pub fn base(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+        if let Some(url) = &self.public_url {
+            return url.to_string();
+        }
+        let trusted = peer.is_some_and(|p| self.trusted_proxies.contains(&p.ip()));
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let (mut scheme, mut host) = (
+            if self.tls { "https" } else { "http" }.to_string(),
+            header("host").map(str::to_string),
+        );
+        let mut prefix = String::new();
+        if trusted {
+            if let Some(forwarded) = header("forwarded") {
+                // Only the first (client-nearest) element matters.
+                let first = forwarded.split(',').next().unwrap_or_default();
+                for pair in first.split(';') {
+                    if let Some((k, v)) = pair.trim().split_once('=') {
+                        let v = v.trim_matches('"');
+                        match k.to_ascii_lowercase().as_str() {
+                            "proto" => scheme = v.to_string(),
+                            "host" => host = Some(v.to_string()),
+                            _ => {}
+                        }
+                    }
+                }
+            } else {
+                if let Some(proto) = header("x-forwarded-proto") {
+                    scheme = proto.split(',').next().unwrap_or(proto).trim().to_string();
+                }
+                if let Some(h) = header("x-forwarded-host") {
+                    host = Some(h.split(',').next().unwrap_or(h).trim().to_string());
+                }
+            }
+            if let Some(p) = header("x-forwarded-prefix") {
+                prefix = p.trim_end_matches('/').to_string();
+            }
+        }
+        let host = host.unwrap_or_else(|| {
+            peer.map(|p| p.to_string())
+                .unwrap_or_else(|| "localhost".into())
+        });
+        format!("{scheme}://{host}{prefix}")
+    }
+}
+
+/// The peer address of a request, when the server recorded it.
+pub fn peer_addr(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn public_url_wins() {
+        let u = ExternalUrl::new(Some("https://reg.example/prefix/"), &[], false);
+        assert_eq!(
+            u.base(&headers(&[("host", "x")]), None),
+            "https://reg.example/prefix"
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_only_from_trusted_peers() {
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let other: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let u = ExternalUrl::new(None, &[proxy.ip()], false);
+        let h = headers(&[
+            ("host", "internal:7070"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "reg.example"),
+        ]);
+        assert_eq!(u.base(&h, Some(proxy)), "https://reg.example");
+        assert_eq!(u.base(&h, Some(other)), "http://internal:7070");
+        let h = headers(&[
+            ("host", "internal"),
+            (
+                "forwarded",
+                "for=1.2.3.4;proto=https;host=\"a.example\", for=5.6.7.8",
+            ),
+        ]);
+        assert_eq!(u.base(&h, Some(proxy)), "https://a.example");
+    }
+}

@@ -1,0 +1,109 @@
+//! Single-range `Range: bytes=…` requests, shared by every format that serves files.
+
+/// A requested byte range, before it is checked against the blob size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-b` or `bytes=a-` (end `None`).
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+/// Why a `Range` header was not used.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRange;
+
+/// Parses a single-range `Range: bytes=…` header. Multiple ranges are refused.
+pub fn parse_range(value: &str) -> Result<ByteRange, BadRange> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(BadRange)?;
+    if spec.contains(',') {
+        return Err(BadRange);
+    }
+    let (a, b) = spec.split_once('-').ok_or(BadRange)?;
+    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| BadRange);
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, false) => Ok(ByteRange::Suffix(num(b)?)),
+        (false, true) => Ok(ByteRange::From {
+            start: num(a)?,
+            end: None,
+        }),
+        (false, false) => {
+            let (start, end) = (num(a)?, num(b)?);
+            if end < start {
+                return Err(BadRange);
+            }
+            Ok(ByteRange::From {
+                start,
+                end: Some(end),
+            })
+        }
+        (true, true) => Err(BadRange),
+    }
+}
+
+/// Resolves a range against a blob of `size` bytes to an inclusive `(start, end)`.
+pub fn resolve_range(range: ByteRange, size: u64) -> Option<(u64, u64)> {
+    match range {
+        ByteRange::From { start, end } if start < size => {
+            Some((start, end.unwrap_or(size - 1).min(size - 1)))
+        }
+        ByteRange::Suffix(n) if n > 0 && size > 0 => Some((size.saturating_sub(n), size - 1)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            parse_range("bytes=0-99"),
+            Ok(ByteRange::From {
+                start: 0,
+                end: Some(99)
+            })
+        );
+        assert_eq!(
+            parse_range("bytes=5-"),
+            Ok(ByteRange::From {
+                start: 5,
+                end: None
+            })
+        );
+        assert_eq!(parse_range("bytes=-10"), Ok(ByteRange::Suffix(10)));
+        for bad in [
+            "bytes=9-1",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=0-1,3-4",
+            "bytes=-",
+        ] {
+            assert_eq!(parse_range(bad), Err(BadRange), "{bad}");
+        }
+        assert_eq!(
+            resolve_range(
+                ByteRange::From {
+                    start: 0,
+                    end: Some(999)
+                },
+                100
+            ),
+            Some((0, 99))
+        );
+        assert_eq!(
+            resolve_range(
+                ByteRange::From {
+                    start: 100,
+                    end: None
+                },
+                100
+            ),
+            None
+        );
+        assert_eq!(resolve_range(ByteRange::Suffix(10), 100), Some((90, 99)));
+        assert_eq!(resolve_range(ByteRange::Suffix(1000), 100), Some((0, 99)));
+    }
+}

@@ -1,0 +1,24 @@
+//! Wharf's metadata layer: every mutation is a [`Command`] in an [`Envelope`], committed through
+//! Raft and applied by the pure [`apply::apply_entry`] into redb tables ([`tables`]).
+//!
+//! Start reading at [`command`] (what can change), then [`apply`] (how it changes, decided
+//! deterministically, including reference checks and immutability), then [`query`] (how the
+//! rest of Wharf reads state). [`log_store`] and [`state_machine`] adapt redb to openraft;
+//! [`MetaHandle`] is what upper layers hold.
+
+pub mod apply;
+pub mod command;
+mod handle;
+pub mod log_store;
+pub mod query;
+pub mod raft_types;
+pub mod records;
+pub mod state_machine;
+pub mod tables;
+
+pub use command::{
+    Command, CommandResult, ENVELOPE_VERSION, Envelope, ManifestPut, Outcome, ReferrerDescriptor,
+    Rejection, RepoSettings, RequestId,
+};
+pub use handle::{MetaError, MetaHandle, ProposeContext};
+pub use raft_types::TypeConfig;

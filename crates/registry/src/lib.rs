@@ -1,0 +1,294 @@
+//! Domain operations every format calls: store a blob, link it, bind manifests, tags and files,
+//! resolve references, list, delete. This crate is the only door to metadata ([`MetaHandle`])
+//! and bytes ([`FsBlobStore`]); formats parse their wire protocol and call in here.
+//!
+//! Start with [`Registry::store_blob`] (the single door through which every format stores
+//! bytes) and [`Registry::resolve_tag`] (how reads decide between local state and a read
+//! barrier, DESIGN.md §1.5).
+
+mod error;
+mod files;
+mod oci;
+
+pub use oci::{Mounted, NewManifest};
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use wharf_blob::BlobInfo;
+use wharf_meta::records::RepoRecord;
+use wharf_meta::{Command, CommandResult, MetaHandle, ProposeContext, RequestId, query};
+use wharf_types::{Digest, ErrorCode, Format, NodeId, RepoName};
+
+pub use error::RegistryError;
+pub use wharf_blob::{BlobError, BlobReader, BlobStream, FsBlobStore};
+pub use wharf_meta::records;
+pub use wharf_meta::{Outcome, RepoSettings};
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Who is asking, under which request id. Minted once per client request by the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub actor: String,
+}
+
+impl RequestCtx {
+    /// A fresh context with an unguessable request id.
+    pub fn new(actor: impl Into<String>) -> Self {
+        RequestCtx {
+            request_id: hex::encode(rand::random::<[u8; 16]>()),
+            actor: actor.into(),
+        }
+    }
+
+    /// The propose context of the `step`-th command of this request (a request that proposes
+    /// several commands gives each its own stable id, so a retry dedups each one).
+    fn propose(&self, step: &str) -> ProposeContext {
+        ProposeContext {
+            request_id: RequestId(format!("{}/{step}", self.request_id)),
+            actor: self.actor.clone(),
+        }
+    }
+}
+
+/// Where the bytes of a blob being stored come from.
+pub enum BlobSource<S> {
+    /// A finished upload session on this node.
+    Upload(String),
+    /// A request body.
+    Stream(S),
+}
+
+/// A blob stored through [`Registry::store_blob`]: verified, fsync'd, ready to be referenced.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    pub info: BlobInfo,
+    pub holder: NodeId,
+}
+
+/// The registry of one node.
+#[derive(Clone)]
+pub struct Registry {
+    meta: Arc<dyn MetaHandle>,
+    blobs: FsBlobStore,
+    node_id: NodeId,
+    auto_create_repos: bool,
+}
+
+impl Registry {
+    /// Builds a registry over a metadata handle and this node's blob store.
+    pub fn new(
+        meta: Arc<dyn MetaHandle>,
+        blobs: FsBlobStore,
+        node_id: NodeId,
+        auto_create_repos: bool,
+    ) -> Self {
+        Registry {
+            meta,
+            blobs,
+            node_id,
+            auto_create_repos,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The node's blob store, for upload sessions (node-local by design, DESIGN.md §4).
+    pub fn blobs(&self) -> &FsBlobStore {
+        &self.blobs
+    }
+
+    /// The single door through which every format stores bytes: the blob is streamed, hashed,
+    /// verified against `expected` (when given), fsync'd and renamed into place before this
+    /// returns. The caller then commits the command that references it.
+    ///
+    /// The cluster issues extend this function with copies to `min_copies` members.
+    pub async fn store_blob<S, E>(
+        &self,
+        source: BlobSource<S>,
+        expected: Option<&Digest>,
+        expected_size: Option<u64>,
+    ) -> Result<StoredBlob>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let info = match source {
+            BlobSource::Upload(session) => {
+                let Some(expected) = expected else {
+                    return Err(RegistryError::new(
+                        ErrorCode::DigestInvalid,
+                        "a digest is required to finish an upload",
+                    ));
+                };
+                self.blobs.commit(&session, expected, expected_size).await?
+            }
+            BlobSource::Stream(body) => {
+                let info = self.blobs.ingest(body, expected).await?;
+                if let Some(size) = expected_size
+                    && size != info.size
+                {
+                    return Err(RegistryError::new(
+                        ErrorCode::SizeInvalid,
+                        format!("received {} bytes, but {size} were declared", info.size),
+                    ));
+                }
+                info
+            }
+        };
+        Ok(StoredBlob {
+            info,
+            holder: self.node_id,
+        })
+    }
+
+    /// Proposes one command and turns a rejection into an error.
+    async fn propose(&self, ctx: &RequestCtx, step: &str, command: Command) -> Result<Outcome> {
+        match self.meta.propose(ctx.propose(step), command).await? {
+            CommandResult::Ok(outcome) => Ok(outcome),
+            CommandResult::Rejected(rejection) => Err(RegistryError::Rejected(rejection)),
+            CommandResult::None => Err(RegistryError::new(
+                ErrorCode::Internal,
+                "command produced no result",
+            )),
+        }
+    }
+
+    /// Runs `f` in one read transaction of the local state.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, wharf_meta::MetaError>,
+    ) -> Result<T> {
+        use redb::ReadableDatabase;
+        let db = self.meta.state();
+        let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
+        Ok(f(&txn)?)
+    }
+
+    /// Reads locally; when the answer is "absent", runs a read barrier first and reads again,
+    /// so something acknowledged anywhere is never reported missing (DESIGN.md §1.5b).
+    async fn read_or_barrier<T>(
+        &self,
+        f: impl Fn(&redb::ReadTransaction) -> std::result::Result<Option<T>, wharf_meta::MetaError>,
+    ) -> Result<Option<T>> {
+        if let Some(found) = self.read(&f)? {
+            return Ok(Some(found));
+        }
+        self.meta.read_barrier().await?;
+        self.read(&f)
+    }
+
+    /// A linearizable read: read barrier, then the local state (DESIGN.md §1.5c, `strong`).
+    async fn read_strong<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, wharf_meta::MetaError>,
+    ) -> Result<T> {
+        self.meta.read_barrier().await?;
+        self.read(f)
+    }
+
+    /// The repository record, or NAME_UNKNOWN.
+    pub async fn repo(&self, name: &RepoName) -> Result<RepoRecord> {
+        self.read_or_barrier(|t| query::repo(t, name))
+            .await?
+            .ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::NameUnknown,
+                    format!("repository {name} does not exist"),
+                )
+            })
+    }
+
+    /// The repository for a write of `format`: created on first use when the node runs with
+    /// `auto_create_repos` (`wharf dev`), else it must exist with that format.
+    pub async fn repo_for_write(
+        &self,
+        ctx: &RequestCtx,
+        name: &RepoName,
+        format: Format,
+    ) -> Result<RepoRecord> {
+        let existing = self.read_or_barrier(|t| query::repo(t, name)).await?;
+        let record = match existing {
+            Some(record) => record,
+            None if self.auto_create_repos => {
+                let settings = RepoSettings {
+                    format,
+                    immutable: format == Format::Generic,
+                    allow_sparse_index: false,
+                };
+                self.propose(
+                    ctx,
+                    "create-repo",
+                    Command::CreateRepo {
+                        name: name.clone(),
+                        settings,
+                        if_absent: true,
+                    },
+                )
+                .await?;
+                self.repo(name).await?
+            }
+            None => {
+                return Err(RegistryError::new(
+                    ErrorCode::NameUnknown,
+                    format!(
+                        "repository {name} does not exist; create it with `wharf repo create {name} --format {}`",
+                        format.as_str()
+                    ),
+                ));
+            }
+        };
+        if record.settings.format != format {
+            return Err(RegistryError::new(
+                ErrorCode::Denied,
+                format!(
+                    "repository {name} holds {} content, not {}",
+                    record.settings.format.as_str(),
+                    format.as_str()
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Creates a repository (admin API).
+    pub async fn create_repo(
+        &self,
+        ctx: &RequestCtx,
+        name: &RepoName,
+        settings: RepoSettings,
+    ) -> Result<()> {
+        self.propose(
+            ctx,
+            "create-repo",
+            Command::CreateRepo {
+                name: name.clone(),
+                settings,
+                if_absent: false,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Every repository (a linearizable listing).
+    pub async fn list_repos(&self) -> Result<Vec<(String, RepoRecord)>> {
+        self.read_strong(query::repos).await
+    }
+
+    /// Opens a stored blob for reading (whole or an inclusive range), chunk-verified.
+    pub async fn read_blob(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobReader> {
+        Ok(self.blobs.read(digest, range).await?)
+    }
+}

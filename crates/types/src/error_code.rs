@@ -1,0 +1,78 @@
+//! Stable error codes: the same string appears in responses, logs, metrics and audit.
+
+use std::fmt;
+
+/// Every error that can reach a client, named once.
+///
+/// The first fourteen are the OCI distribution spec's codes and are the only ones sent in
+/// OCI error bodies; the rest are Wharf's own and appear in its other APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    Unauthorized,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    /// The write was not proposed: safe to retry.
+    NoQuorum,
+    /// The write was proposed but its outcome is unknown; retrying with the same request id is safe.
+    OutcomeUnknown,
+    /// A binding in an immutable repository already points elsewhere.
+    TagImmutable,
+    /// A repository with this name already exists.
+    RepositoryExists,
+    /// The request is malformed in a way no more specific code covers.
+    BadRequest,
+    /// Something exists already and differs.
+    Conflict,
+    /// The path or object does not exist.
+    NotFound,
+    /// The node hit an internal fault (I/O error, corrupt data).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire string, e.g. `BLOB_UNKNOWN`.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BlobUnknown => "BLOB_UNKNOWN",
+            BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            DigestInvalid => "DIGEST_INVALID",
+            ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ManifestInvalid => "MANIFEST_INVALID",
+            ManifestUnknown => "MANIFEST_UNKNOWN",
+            NameInvalid => "NAME_INVALID",
+            NameUnknown => "NAME_UNKNOWN",
+            SizeInvalid => "SIZE_INVALID",
+            Unauthorized => "UNAUTHORIZED",
+            Denied => "DENIED",
+            Unsupported => "UNSUPPORTED",
+            TooManyRequests => "TOOMANYREQUESTS",
+            NoQuorum => "NO_QUORUM",
+            OutcomeUnknown => "OUTCOME_UNKNOWN",
+            TagImmutable => "TAG_IMMUTABLE",
+            RepositoryExists => "REPOSITORY_EXISTS",
+            BadRequest => "BAD_REQUEST",
+            Conflict => "CONFLICT",
+            NotFound => "NOT_FOUND",
+            Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
