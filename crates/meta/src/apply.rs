@@ -589,3 +589,330 @@ fn get_digest(txn: &WriteTransaction, table: StateTable, k: &[u8]) -> Result<Opt
             source: serde::de::Error::custom(e),
         })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Each test pins one guarantee of DESIGN.md §1 that `apply` is responsible for.
+
+    use redb::{Database, ReadableDatabase};
+
+    use super::*;
+    use crate::command::{ManifestPut, RequestId};
+
+    struct Sm {
+        db: Database,
+        index: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    fn digest(n: u8) -> Digest {
+        Digest::from_sha256_bytes(&[n; 32])
+    }
+
+    impl Sm {
+        fn new() -> Sm {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            Sm {
+                db,
+                index: 0,
+                _dir: dir,
+            }
+        }
+
+        fn apply_as(&mut self, request_id: &str, command: Command) -> CommandResult {
+            self.index += 1;
+            let envelope = Envelope {
+                version: ENVELOPE_VERSION,
+                request_id: RequestId(request_id.to_string()),
+                proposer: 1,
+                actor: "test".into(),
+                timestamp_ms: 1_000 + self.index,
+                command,
+            };
+            let txn = self.db.begin_write().unwrap();
+            let result = apply_entry(&txn, self.index, &envelope).unwrap();
+            txn.commit().unwrap();
+            result
+        }
+
+        fn apply(&mut self, command: Command) -> CommandResult {
+            let id = format!("req-{}", self.index + 1);
+            self.apply_as(&id, command)
+        }
+
+        fn repo(&mut self, name: &str, format: Format, immutable: bool, sparse: bool) {
+            let settings = RepoSettings {
+                format,
+                immutable,
+                allow_sparse_index: sparse,
+            };
+            let r = self.apply(Command::CreateRepo {
+                name: RepoName::new(name).unwrap(),
+                settings,
+                if_absent: false,
+            });
+            assert_eq!(r, CommandResult::Ok(Outcome::Applied));
+        }
+
+        fn link(&mut self, repo: &str, d: &Digest) -> CommandResult {
+            self.apply(Command::LinkBlob {
+                repo: RepoName::new(repo).unwrap(),
+                digest: d.clone(),
+                size: 10,
+                chunk_root: d.clone(),
+                holder: 1,
+            })
+        }
+
+        fn put(
+            &mut self,
+            name: &str,
+            tag: Option<&str>,
+            d: &Digest,
+            blobs: &[Digest],
+            children: &[Digest],
+        ) -> CommandResult {
+            self.apply(Command::PutManifest(ManifestPut {
+                name: ImageName::new(name).unwrap(),
+                tag: tag.map(|t| Tag::new(t).unwrap()),
+                digest: d.clone(),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                size: 100,
+                blobs: blobs.to_vec(),
+                manifests: children.to_vec(),
+                subject: None,
+                referrer: None,
+                chunk_root: d.clone(),
+                holder: 1,
+            }))
+        }
+
+        fn dump(&self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+            let txn = self.db.begin_read().unwrap();
+            let mut out = Vec::new();
+            for table in tables::STATE_TABLES {
+                let Ok(t) = txn.open_table(*table) else {
+                    continue;
+                };
+                for item in t.iter().unwrap() {
+                    let (k, v) = item.unwrap();
+                    out.push((
+                        table.name().to_string(),
+                        k.value().to_vec(),
+                        v.value().to_vec(),
+                    ));
+                }
+            }
+            out
+        }
+    }
+
+    fn rejected(r: &CommandResult, code: ErrorCode) -> bool {
+        matches!(r, CommandResult::Rejected(rej) if rej.code == code.as_str())
+    }
+
+    #[test]
+    fn immutable_tags_bind_once_and_cannot_be_deleted() {
+        let mut sm = Sm::new();
+        sm.repo("prod", Format::Oci, true, false);
+        let (a, b, layer) = (digest(1), digest(2), digest(9));
+        sm.link("prod", &layer);
+        assert_eq!(
+            sm.put("prod/app", Some("v1"), &a, &[layer.clone()], &[]),
+            CommandResult::Ok(Outcome::Applied)
+        );
+        // same content again: idempotent success
+        assert_eq!(
+            sm.put("prod/app", Some("v1"), &a, &[layer.clone()], &[]),
+            CommandResult::Ok(Outcome::Unchanged)
+        );
+        // other content: refused, and the binding is untouched
+        let moved = sm.put("prod/app", Some("v1"), &b, &[layer.clone()], &[]);
+        assert!(rejected(&moved, ErrorCode::Denied), "{moved:?}");
+        let name = ImageName::new("prod/app").unwrap();
+        let r = sm.apply(Command::DeleteTag {
+            name: name.clone(),
+            tag: Tag::new("v1").unwrap(),
+        });
+        assert!(rejected(&r, ErrorCode::Denied));
+        let r = sm.apply(Command::DeleteManifest {
+            name: name.clone(),
+            digest: a.clone(),
+        });
+        assert!(rejected(&r, ErrorCode::Denied));
+        let txn = sm.db.begin_read().unwrap();
+        assert_eq!(crate::query::tag(&txn, &name, "v1").unwrap(), Some(a));
+    }
+
+    #[test]
+    fn mutable_tags_move_and_delete() {
+        let mut sm = Sm::new();
+        sm.repo("dev", Format::Oci, false, false);
+        let (a, b, layer) = (digest(1), digest(2), digest(9));
+        sm.link("dev", &layer);
+        sm.put("dev/app", Some("latest"), &a, &[layer.clone()], &[]);
+        assert_eq!(
+            sm.put("dev/app", Some("latest"), &b, &[layer.clone()], &[]),
+            CommandResult::Ok(Outcome::Applied)
+        );
+        let name = ImageName::new("dev/app").unwrap();
+        assert_eq!(
+            crate::query::tag(&sm.db.begin_read().unwrap(), &name, "latest").unwrap(),
+            Some(b.clone())
+        );
+        let r = sm.apply(Command::DeleteManifest {
+            name: name.clone(),
+            digest: b,
+        });
+        assert_eq!(r, CommandResult::Ok(Outcome::Applied));
+        assert_eq!(
+            crate::query::tag(&sm.db.begin_read().unwrap(), &name, "latest").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn manifests_may_reference_only_blobs_linked_in_their_repository() {
+        let mut sm = Sm::new();
+        sm.repo("a", Format::Oci, false, false);
+        sm.repo("b", Format::Oci, false, false);
+        let layer = digest(7);
+        sm.link("b", &layer);
+        // linked in b, not in a: knowing the digest grants nothing (§1.9)
+        let r = sm.put("a/app", Some("v1"), &digest(1), &[layer.clone()], &[]);
+        assert!(rejected(&r, ErrorCode::ManifestBlobUnknown), "{r:?}");
+        let r = sm.apply(Command::MountBlob {
+            repo: RepoName::new("a").unwrap(),
+            from: RepoName::new("a").unwrap(),
+            digest: layer.clone(),
+        });
+        assert!(rejected(&r, ErrorCode::BlobUnknown));
+        let r = sm.apply(Command::MountBlob {
+            repo: RepoName::new("a").unwrap(),
+            from: RepoName::new("b").unwrap(),
+            digest: layer.clone(),
+        });
+        assert_eq!(r, CommandResult::Ok(Outcome::Applied));
+        assert_eq!(
+            sm.put("a/app", Some("v1"), &digest(1), &[layer], &[]),
+            CommandResult::Ok(Outcome::Applied)
+        );
+    }
+
+    #[test]
+    fn index_children_must_exist_unless_sparse() {
+        let mut sm = Sm::new();
+        sm.repo("strict", Format::Oci, false, false);
+        sm.repo("sparse", Format::Oci, false, true);
+        let child = digest(5);
+        let r = sm.put(
+            "strict/app",
+            Some("multi"),
+            &digest(6),
+            &[],
+            &[child.clone()],
+        );
+        assert!(rejected(&r, ErrorCode::ManifestUnknown));
+        let r = sm.put("sparse/app", Some("multi"), &digest(6), &[], &[child]);
+        assert_eq!(r, CommandResult::Ok(Outcome::Applied));
+    }
+
+    #[test]
+    fn a_retried_request_applies_once_and_returns_the_first_result() {
+        let mut sm = Sm::new();
+        let settings = RepoSettings {
+            format: Format::Oci,
+            immutable: false,
+            allow_sparse_index: false,
+        };
+        let create = Command::CreateRepo {
+            name: RepoName::new("r").unwrap(),
+            settings,
+            if_absent: false,
+        };
+        assert_eq!(
+            sm.apply_as("same", create.clone()),
+            CommandResult::Ok(Outcome::Applied)
+        );
+        // the retry of the same request sees the stored result, not "already exists"
+        assert_eq!(
+            sm.apply_as("same", create.clone()),
+            CommandResult::Ok(Outcome::Applied)
+        );
+        // a different request does see the conflict
+        assert!(rejected(
+            &sm.apply_as("other", create),
+            ErrorCode::RepositoryExists
+        ));
+    }
+
+    #[test]
+    fn generic_paths_in_immutable_repositories_never_change() {
+        let mut sm = Sm::new();
+        sm.repo("files", Format::Generic, true, false);
+        let put = |d: Digest| Command::PutFile {
+            repo: RepoName::new("files").unwrap(),
+            path: "a/b.txt".into(),
+            digest: d.clone(),
+            size: 3,
+            chunk_root: d,
+            holder: 1,
+        };
+        assert_eq!(
+            sm.apply(put(digest(1))),
+            CommandResult::Ok(Outcome::Applied)
+        );
+        assert_eq!(
+            sm.apply(put(digest(1))),
+            CommandResult::Ok(Outcome::Unchanged)
+        );
+        assert!(rejected(&sm.apply(put(digest(2))), ErrorCode::Conflict));
+        let del = Command::DeleteFile {
+            repo: RepoName::new("files").unwrap(),
+            path: "a/b.txt".into(),
+        };
+        assert!(rejected(&sm.apply(del), ErrorCode::Denied));
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let run = || {
+            let mut sm = Sm::new();
+            sm.repo("r", Format::Oci, false, false);
+            sm.link("r", &digest(3));
+            sm.put("r/x", Some("t1"), &digest(1), &[digest(3)], &[]);
+            sm.put("r/x", Some("t2"), &digest(1), &[digest(3)], &[]);
+            sm.apply(Command::DeleteTag {
+                name: ImageName::new("r/x").unwrap(),
+                tag: Tag::new("t1").unwrap(),
+            });
+            sm.dump()
+        };
+        let (a, b) = (run(), run());
+        assert!(!a.is_empty());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn unknown_envelope_versions_stop_the_node() {
+        let sm = Sm::new();
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION + 1,
+            request_id: RequestId("x".into()),
+            proposer: 1,
+            actor: "t".into(),
+            timestamp_ms: 0,
+            command: Command::DeleteTag {
+                name: ImageName::new("a/b").unwrap(),
+                tag: Tag::new("t").unwrap(),
+            },
+        };
+        let txn = sm.db.begin_write().unwrap();
+        assert!(matches!(
+            apply_entry(&txn, 1, &envelope),
+            Err(ApplyError::UnknownVersion { .. })
+        ));
+    }
+}
