@@ -78,12 +78,7 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
             }
         }
         RepoCommand::List => {
-            let response = client.get(format!("{base}/api/v1/repos")).send().await?;
-            let status = response.status();
-            let value: Value = response.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                anyhow::bail!("{}", error_message(status, &value));
-            }
+            let value = send(client.get(format!("{base}/api/v1/repos"))).await?;
             if args.client.json {
                 println!("{value}");
             } else {
@@ -100,6 +95,17 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends a request and returns its JSON body, or the server's error as an error.
+async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await?;
+    let status = response.status();
+    let value: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!("{}", error_message(status, &value));
+    }
+    Ok(value)
 }
 
 fn error_message(status: reqwest::StatusCode, body: &Value) -> String {

@@ -720,16 +720,34 @@ mod tests {
         let (a, b, layer) = (digest(1), digest(2), digest(9));
         sm.link("prod", &layer);
         assert_eq!(
-            sm.put("prod/app", Some("v1"), &a, &[layer.clone()], &[]),
+            sm.put(
+                "prod/app",
+                Some("v1"),
+                &a,
+                std::slice::from_ref(&layer),
+                &[]
+            ),
             CommandResult::Ok(Outcome::Applied)
         );
         // same content again: idempotent success
         assert_eq!(
-            sm.put("prod/app", Some("v1"), &a, &[layer.clone()], &[]),
+            sm.put(
+                "prod/app",
+                Some("v1"),
+                &a,
+                std::slice::from_ref(&layer),
+                &[]
+            ),
             CommandResult::Ok(Outcome::Unchanged)
         );
         // other content: refused, and the binding is untouched
-        let moved = sm.put("prod/app", Some("v1"), &b, &[layer.clone()], &[]);
+        let moved = sm.put(
+            "prod/app",
+            Some("v1"),
+            &b,
+            std::slice::from_ref(&layer),
+            &[],
+        );
         assert!(rejected(&moved, ErrorCode::Denied), "{moved:?}");
         let name = ImageName::new("prod/app").unwrap();
         let r = sm.apply(Command::DeleteTag {
@@ -752,9 +770,21 @@ mod tests {
         sm.repo("dev", Format::Oci, false, false);
         let (a, b, layer) = (digest(1), digest(2), digest(9));
         sm.link("dev", &layer);
-        sm.put("dev/app", Some("latest"), &a, &[layer.clone()], &[]);
+        sm.put(
+            "dev/app",
+            Some("latest"),
+            &a,
+            std::slice::from_ref(&layer),
+            &[],
+        );
         assert_eq!(
-            sm.put("dev/app", Some("latest"), &b, &[layer.clone()], &[]),
+            sm.put(
+                "dev/app",
+                Some("latest"),
+                &b,
+                std::slice::from_ref(&layer),
+                &[]
+            ),
             CommandResult::Ok(Outcome::Applied)
         );
         let name = ImageName::new("dev/app").unwrap();
@@ -781,7 +811,13 @@ mod tests {
         let layer = digest(7);
         sm.link("b", &layer);
         // linked in b, not in a: knowing the digest grants nothing (§1.9)
-        let r = sm.put("a/app", Some("v1"), &digest(1), &[layer.clone()], &[]);
+        let r = sm.put(
+            "a/app",
+            Some("v1"),
+            &digest(1),
+            std::slice::from_ref(&layer),
+            &[],
+        );
         assert!(rejected(&r, ErrorCode::ManifestBlobUnknown), "{r:?}");
         let r = sm.apply(Command::MountBlob {
             repo: RepoName::new("a").unwrap(),
@@ -812,7 +848,7 @@ mod tests {
             Some("multi"),
             &digest(6),
             &[],
-            &[child.clone()],
+            std::slice::from_ref(&child),
         );
         assert!(rejected(&r, ErrorCode::ManifestUnknown));
         let r = sm.put("sparse/app", Some("multi"), &digest(6), &[], &[child]);

@@ -33,7 +33,9 @@ impl RegistryError {
     /// The stable code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            RegistryError::Rejected(r) => code_from_str(&r.code),
+            RegistryError::Rejected(r) => {
+                ErrorCode::from_wire(&r.code).unwrap_or(ErrorCode::Internal)
+            }
             RegistryError::Meta(e) => e.code(),
             RegistryError::Blob(e) => e.code(),
             RegistryError::Domain { code, .. } => *code,
@@ -50,37 +52,4 @@ impl From<redb::Error> for RegistryError {
     fn from(e: redb::Error) -> Self {
         RegistryError::Meta(MetaError::Storage(e))
     }
-}
-
-/// Maps a code string stored in a rejection back to its enum (unknown strings are internal).
-fn code_from_str(code: &str) -> ErrorCode {
-    use ErrorCode::*;
-    const ALL: &[ErrorCode] = &[
-        BlobUnknown,
-        BlobUploadInvalid,
-        BlobUploadUnknown,
-        DigestInvalid,
-        ManifestBlobUnknown,
-        ManifestInvalid,
-        ManifestUnknown,
-        NameInvalid,
-        NameUnknown,
-        SizeInvalid,
-        Unauthorized,
-        Denied,
-        Unsupported,
-        TooManyRequests,
-        NoQuorum,
-        OutcomeUnknown,
-        TagImmutable,
-        RepositoryExists,
-        BadRequest,
-        Conflict,
-        NotFound,
-        Internal,
-    ];
-    ALL.iter()
-        .copied()
-        .find(|c| c.as_str() == code)
-        .unwrap_or(Internal)
 }

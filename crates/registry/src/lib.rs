@@ -161,6 +161,21 @@ impl Registry {
         }
     }
 
+    async fn propose_create_repo(
+        &self,
+        ctx: &RequestCtx,
+        name: &RepoName,
+        settings: RepoSettings,
+        if_absent: bool,
+    ) -> Result<Outcome> {
+        let command = Command::CreateRepo {
+            name: name.clone(),
+            settings,
+            if_absent,
+        };
+        self.propose(ctx, "create-repo", command).await
+    }
+
     /// Runs `f` in one read transaction of the local state.
     fn read<T>(
         &self,
@@ -223,16 +238,7 @@ impl Registry {
                     immutable: format == Format::Generic,
                     allow_sparse_index: false,
                 };
-                self.propose(
-                    ctx,
-                    "create-repo",
-                    Command::CreateRepo {
-                        name: name.clone(),
-                        settings,
-                        if_absent: true,
-                    },
-                )
-                .await?;
+                self.propose_create_repo(ctx, name, settings, true).await?;
                 self.repo(name).await?
             }
             None => {
@@ -265,17 +271,9 @@ impl Registry {
         name: &RepoName,
         settings: RepoSettings,
     ) -> Result<()> {
-        self.propose(
-            ctx,
-            "create-repo",
-            Command::CreateRepo {
-                name: name.clone(),
-                settings,
-                if_absent: false,
-            },
-        )
-        .await
-        .map(|_| ())
+        self.propose_create_repo(ctx, name, settings, false)
+            .await
+            .map(|_| ())
     }
 
     /// Every repository (a linearizable listing).

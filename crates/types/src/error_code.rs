@@ -41,6 +41,37 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BlobUnknown,
+        ErrorCode::BlobUploadInvalid,
+        ErrorCode::BlobUploadUnknown,
+        ErrorCode::DigestInvalid,
+        ErrorCode::ManifestBlobUnknown,
+        ErrorCode::ManifestInvalid,
+        ErrorCode::ManifestUnknown,
+        ErrorCode::NameInvalid,
+        ErrorCode::NameUnknown,
+        ErrorCode::SizeInvalid,
+        ErrorCode::Unauthorized,
+        ErrorCode::Denied,
+        ErrorCode::Unsupported,
+        ErrorCode::TooManyRequests,
+        ErrorCode::NoQuorum,
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::TagImmutable,
+        ErrorCode::RepositoryExists,
+        ErrorCode::BadRequest,
+        ErrorCode::Conflict,
+        ErrorCode::NotFound,
+        ErrorCode::Internal,
+    ];
+
+    /// The code whose wire string is `s`, if any.
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
     /// The wire string, e.g. `BLOB_UNKNOWN`.
     pub fn as_str(self) -> &'static str {
         use ErrorCode::*;
@@ -74,5 +105,18 @@ impl ErrorCode {
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_round_trips_through_its_wire_string() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(*code));
+        }
+        assert_eq!(ErrorCode::from_wire("NOPE"), None);
     }
 }

@@ -201,15 +201,14 @@ pub async fn status(state: &OciState, name: &ImageName, session: &str) -> OciRes
     ))
 }
 
-/// `PATCH <location>`: appends the body (streamed; `Content-Range` must start at the current
-/// size, else 416).
-pub async fn patch(
+/// Appends a request body to a session at the offset its `Content-Range` claims (if any);
+/// out-of-order, mis-sized or concurrent chunks become 416 with the session's current `Range`.
+async fn append_chunk(
     state: &OciState,
     name: &ImageName,
     session: &str,
     request: Request,
-) -> OciResult {
-    check_session(state, session)?;
+) -> Result<u64, OciError> {
     let blobs = state.registry.blobs();
     let start = match chunk_start(request.headers()) {
         Ok(start) => start,
@@ -220,12 +219,25 @@ pub async fn patch(
     };
     let body = wharf_http::stream_body(request.into_body());
     match blobs.append(session, start, body).await {
-        Ok(size) => Ok(session_response(StatusCode::ACCEPTED, name, session, size)),
+        Ok(size) => Ok(size),
         Err(e) => {
             let size = blobs.upload_size(session).await.ok();
             Err(upload_error(e.into(), name, session, size))
         }
     }
+}
+
+/// `PATCH <location>`: appends the body (streamed; `Content-Range` must start at the current
+/// size, else 416).
+pub async fn patch(
+    state: &OciState,
+    name: &ImageName,
+    session: &str,
+    request: Request,
+) -> OciResult {
+    check_session(state, session)?;
+    let size = append_chunk(state, name, session, request).await?;
+    Ok(session_response(StatusCode::ACCEPTED, name, session, size))
 }
 
 /// `PUT <location>?digest=`: appends a last chunk if any, verifies, commits and links.
@@ -237,7 +249,6 @@ pub async fn finish(
     request: Request,
 ) -> OciResult {
     check_session(state, session)?;
-    let blobs = state.registry.blobs();
     let Some(digest) = query_param(request.uri().query(), "digest") else {
         return Err(OciError::new(
             ErrorCode::DigestInvalid,
@@ -245,30 +256,15 @@ pub async fn finish(
         ));
     };
     let digest = parse_digest(&digest)?;
-    let start = match chunk_start(request.headers()) {
-        Ok(start) => start,
-        Err(message) => {
-            let size = blobs.upload_size(session).await.ok();
-            return Err(range_not_satisfiable(message, name, session, size));
-        }
-    };
     let has_body = content_length(request.headers()).is_none_or(|len| len > 0);
     if has_body {
-        let body = wharf_http::stream_body(request.into_body());
-        if let Err(e) = blobs.append(session, start, body).await {
-            let size = blobs.upload_size(session).await.ok();
-            return Err(upload_error(e.into(), name, session, size));
-        }
+        append_chunk(state, name, session, request).await?;
     }
+    let no_body: BlobSource<futures::stream::Empty<Result<bytes::Bytes, std::io::Error>>> =
+        BlobSource::Upload(session.to_string());
     let stored = state
         .registry
-        .store_blob(
-            BlobSource::Upload::<futures::stream::Empty<Result<bytes::Bytes, std::io::Error>>>(
-                session.to_string(),
-            ),
-            Some(&digest),
-            None,
-        )
+        .store_blob(no_body, Some(&digest), None)
         .await?;
     state.registry.link_blob(ctx, &name.repo(), &stored).await?;
     Ok(blob_created(name, &digest))
