@@ -141,6 +141,13 @@ impl Wharf {
         String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
     }
 
+    /// The `wharf` binary as a client of this server (`WHARF_ENDPOINT` set), e.g. `repo create`.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(&self.spawned("cli").bin);
+        cmd.env("WHARF_ENDPOINT", self.url());
+        cmd
+    }
+
     /// PID of the running server process.
     pub fn pid(&self) -> u32 {
         self.spawned("pid")

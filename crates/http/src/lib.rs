@@ -50,7 +50,18 @@ pub async fn node_and_span(
         status = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
+    let may_leave_body_unread = carries_body(&request);
     let mut response = next.run(request).instrument(span.clone()).await;
+    if may_leave_body_unread
+        && (response.status().is_client_error() || response.status().is_server_error())
+    {
+        // An error can be answered before the request body was read. hyper then closes the
+        // connection instead of reusing it, and a keep-alive client would send its next
+        // request into a closed socket; saying so lets it open a new one.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     span.record("status", response.status().as_u16());
     let _enter = span.enter();
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "done");
@@ -58,6 +69,20 @@ pub async fn node_and_span(
         .headers_mut()
         .insert(NODE_HEADER, node.value.clone());
     response
+}
+
+/// An HTTP/1 request with a body (HTTP/2 streams are independent and need no care).
+fn carries_body(request: &Request) -> bool {
+    let h1 = matches!(
+        request.version(),
+        http::Version::HTTP_10 | http::Version::HTTP_11
+    );
+    let headers = request.headers();
+    let length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    h1 && (length.is_some_and(|l| l > 0) || headers.contains_key(http::header::TRANSFER_ENCODING))
 }
 
 /// How a request body ended before it was fully read.

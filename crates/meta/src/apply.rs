@@ -239,8 +239,10 @@ impl Ctx<'_> {
         if !repo.settings.allow_sparse_index {
             for child in &put.manifests {
                 if self.manifest(&put.name, child)?.is_none() {
+                    // The spec: a manifest rejected for missing references gets
+                    // MANIFEST_BLOB_UNKNOWN, child manifests included.
                     return Ok(Err(Rejection::new(
-                        ErrorCode::ManifestUnknown,
+                        ErrorCode::ManifestBlobUnknown,
                         format!(
                             "index references manifest {child}, which is not in {}; push it first",
                             put.name
@@ -850,7 +852,7 @@ mod tests {
             &[],
             std::slice::from_ref(&child),
         );
-        assert!(rejected(&r, ErrorCode::ManifestUnknown));
+        assert!(rejected(&r, ErrorCode::ManifestBlobUnknown));
         let r = sm.put("sparse/app", Some("multi"), &digest(6), &[], &[child]);
         assert_eq!(r, CommandResult::Ok(Outcome::Applied));
     }

@@ -1,5 +1,9 @@
 //! Generic files at `/generic/<repo>/<path>` over plain HTTP (reqwest) and with curl
 //! (docs/clients.md §2.8). Wharf only: the reference registry has no such API.
+//!
+//! A generic repository created by a first push in dev mode is immutable (DESIGN.md "Immutable means
+//! immutable"): a path binds once, the same bytes again are fine, other bytes conflict, DELETE is
+//! refused. A repository created with `wharf repo create NAME --format generic` is mutable.
 
 use reqwest::blocking::Response;
 use wharf_tests::{expect_status, http_client, random_bytes, run, sha256_hex};
@@ -19,7 +23,7 @@ fn unquote(etag: &str) -> &str {
 }
 
 #[test]
-fn put_get_head_range_delete() {
+fn put_get_head_range() {
     let (server, _env) = setup();
     let client = http_client();
     let url = format!("{}/generic/files/some/dir/blob.bin", server.url());
@@ -107,16 +111,6 @@ fn put_get_head_range_delete() {
         416,
         "GET unsatisfiable range",
     );
-
-    tracing::info!("--- DELETE → 2xx, then GET and HEAD → 404");
-    let resp = client.delete(&url).send().unwrap();
-    assert!(
-        resp.status().is_success(),
-        "DELETE {url}: {}",
-        resp.status()
-    );
-    expect_status(client.get(&url).send().unwrap(), 404, "GET after DELETE");
-    expect_status(client.head(&url).send().unwrap(), 404, "HEAD after DELETE");
 }
 
 #[test]
@@ -204,4 +198,96 @@ fn curl_upload_download() {
             .contains(&format!("x-checksum-sha256: {}", sha256_hex(&data))),
         "HEAD headers:\n{head}"
     );
+}
+
+#[test]
+fn auto_created_repository_is_immutable() {
+    let (server, _env) = setup();
+    let client = http_client();
+    let url = format!("{}/generic/files/pinned/file.txt", server.url());
+    let data = random_bytes(1000);
+
+    tracing::info!("--- first PUT creates the repository and binds the path");
+    expect_status(
+        client.put(&url).body(data.clone()).send().unwrap(),
+        201,
+        &format!("PUT {url}"),
+    );
+
+    tracing::info!("--- the same bytes again: idempotent success");
+    let resp = client.put(&url).body(data.clone()).send().unwrap();
+    assert!(
+        resp.status().is_success(),
+        "PUT of the same bytes to an immutable path: {}",
+        resp.status()
+    );
+
+    tracing::info!("--- other bytes: 409 Conflict");
+    expect_status(
+        client
+            .put(&url)
+            .body(b"other bytes".to_vec())
+            .send()
+            .unwrap(),
+        409,
+        "PUT of other bytes to an immutable path",
+    );
+
+    tracing::info!("--- DELETE is refused");
+    let resp = client.delete(&url).send().unwrap();
+    assert!(
+        resp.status().is_client_error(),
+        "DELETE in an immutable repository: {}",
+        resp.status()
+    );
+
+    tracing::info!("--- the first bytes are still served");
+    let resp = expect_status(
+        client.get(&url).send().unwrap(),
+        200,
+        "GET after refused writes",
+    );
+    assert!(
+        resp.bytes().unwrap().as_ref() == data.as_slice(),
+        "content changed"
+    );
+}
+
+#[test]
+fn mutable_repository_overwrite_and_delete() {
+    let (server, _env) = setup();
+    let client = http_client();
+
+    tracing::info!("--- wharf repo create scratch --format generic (mutable)");
+    run(server
+        .cli()
+        .args(["repo", "create", "scratch", "--format", "generic"]));
+    let url = format!("{}/generic/scratch/some/dir/blob.bin", server.url());
+
+    tracing::info!("--- PUT, then PUT other bytes: both 201, the second wins");
+    let first = random_bytes(2048);
+    let second = random_bytes(4096);
+    expect_status(client.put(&url).body(first).send().unwrap(), 201, "PUT");
+    expect_status(
+        client.put(&url).body(second.clone()).send().unwrap(),
+        201,
+        "PUT (overwrite)",
+    );
+    let resp = expect_status(client.get(&url).send().unwrap(), 200, "GET after overwrite");
+    assert_eq!(header(&resp, "X-Checksum-Sha256"), sha256_hex(&second));
+    assert!(
+        resp.bytes().unwrap().as_ref() == second.as_slice(),
+        "GET after overwrite"
+    );
+
+    tracing::info!("--- DELETE → 2xx, then GET and HEAD → 404");
+    let resp = client.delete(&url).send().unwrap();
+    assert!(
+        resp.status().is_success(),
+        "DELETE {url}: {}",
+        resp.status()
+    );
+    header(&resp, "X-Wharf-Node");
+    expect_status(client.get(&url).send().unwrap(), 404, "GET after DELETE");
+    expect_status(client.head(&url).send().unwrap(), 404, "HEAD after DELETE");
 }

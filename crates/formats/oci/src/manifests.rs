@@ -129,7 +129,11 @@ pub async fn get(
     request: Request,
     head: bool,
 ) -> OciResult {
-    let reference = parse_reference(reference)?;
+    // A reference that cannot name anything is simply not found on a read.
+    let reference = parse_reference(reference).map_err(|e| match e.code {
+        ErrorCode::ManifestInvalid => OciError::new(ErrorCode::ManifestUnknown, e.message),
+        _ => e,
+    })?;
     let digest = match reference {
         Reference::Digest(d) => d,
         Reference::Tag(t) => state
