@@ -93,8 +93,14 @@ fn routes(config: &Config, registry: Registry, cluster: Arc<ClusterNode>, node_i
         max_manifest_bytes: config.http.max_manifest_bytes,
         max_page: MAX_PAGE,
     });
+    let external = wharf_http::ExternalUrl::new(
+        config.server.public_url.as_deref(),
+        &config.server.trusted_proxies,
+        config.http.tls.is_some(),
+    );
     let generic = wharf_generic::router(wharf_generic::GenericState {
         registry: registry.clone(),
+        external,
     });
     let admin = admin::router(admin::AdminState {
         registry,

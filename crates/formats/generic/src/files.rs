@@ -31,6 +31,7 @@ pub async fn put(
     ctx: &RequestCtx,
     repo: &RepoName,
     path: &str,
+    base_url: &str,
     request: Request,
 ) -> HandlerResult {
     if path.ends_with(SIDECAR) {
@@ -63,7 +64,7 @@ pub async fn put(
         wharf_registry::Outcome::Applied => StatusCode::CREATED,
         wharf_registry::Outcome::Unchanged => StatusCode::OK,
     };
-    let body = json!({ "repo": repo.as_str(), "path": path, "size": record.size, "sha256": record.digest.hex() }).to_string();
+    let body = json!({ "repo": repo.as_str(), "path": path, "size": record.size, "sha256": record.digest.hex(), "url": format!("{base_url}/generic/{repo}/{path}") }).to_string();
     Ok(Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")

@@ -23,6 +23,8 @@ use router::{Endpoint, RouteError};
 #[derive(Clone)]
 pub struct GenericState {
     pub registry: Registry,
+    /// Builds the absolute URLs handed back to clients.
+    pub external: wharf_http::ExternalUrl,
 }
 
 /// The `/generic/` router.
@@ -56,7 +58,10 @@ async fn dispatch(State(state): State<GenericState>, request: Request) -> Respon
     let result = async {
         match (endpoint, method) {
             (Endpoint::File { repo, path }, Method::PUT) => {
-                files::put(&state, &ctx, &repo, &path, request).await
+                let base = state
+                    .external
+                    .base(request.headers(), wharf_http::peer_addr(&request));
+                files::put(&state, &ctx, &repo, &path, &base, request).await
             }
             (Endpoint::File { repo, path }, m @ (Method::GET | Method::HEAD)) => {
                 files::get(&state, &repo, &path, request.headers(), m == Method::HEAD).await
