@@ -8,6 +8,7 @@
 
 mod network;
 pub mod node;
+pub mod read_batch;
 
 pub use node::{ClusterError, ClusterNode};
 pub use wharf_meta::raft_types::NodeInfo;

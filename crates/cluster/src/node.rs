@@ -31,6 +31,7 @@ use wharf_meta::{
 };
 
 use crate::network::DeferredNetworkFactory;
+use crate::read_batch::{BarrierFailure, ReadBatcher};
 
 /// The openraft node type of Wharf.
 type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
@@ -91,7 +92,17 @@ pub struct ClusterNode {
     state: Arc<redb::Database>,
     /// Held only to learn when raft's tasks have let go of the log (see [`Self::shutdown`]).
     log: LogStore,
+    /// Shares ReadIndex rounds between concurrent linearizable reads.
+    reads: Arc<ReadBatcher<BarrierFn>>,
 }
+
+/// The barrier the read batcher runs: one ReadIndex round on this node's raft.
+type BarrierFn = Box<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), BarrierFailure>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 impl ClusterNode {
     /// Starts the single voter of a one-node cluster from `<data_dir>/raft/`.
@@ -130,11 +141,15 @@ impl ClusterNode {
         }
         .validate()?;
         let raft = Raft::new(node_id, Arc::new(config), DeferredNetworkFactory, log, sm).await?;
+        let barrier_raft = raft.clone();
+        let barrier: BarrierFn =
+            Box::new(move || Box::pin(read_index_once(barrier_raft.clone(), node_id)));
         let node = ClusterNode {
             node_id,
             raft,
             state,
             log: log_handle,
+            reads: ReadBatcher::new(barrier),
         };
 
         if node.raft.is_initialized().await? {
@@ -238,6 +253,31 @@ impl ClusterNode {
     }
 }
 
+/// One ReadIndex round: confirms leadership with a quorum and waits until this node has
+/// applied up to the read index. Shared by every read queued before it started.
+async fn read_index_once(raft: Raft, node_id: u64) -> Result<(), BarrierFailure> {
+    let read = tokio::time::timeout(
+        READ_BARRIER_TIMEOUT,
+        raft.ensure_linearizable(ReadPolicy::ReadIndex),
+    );
+    match read.await {
+        Ok(Ok(_read_log_id)) => Ok(()),
+        Err(_elapsed) => Err(BarrierFailure::NoQuorum(format!(
+            "read barrier did not complete within {READ_BARRIER_TIMEOUT:?}"
+        ))),
+        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(
+            BarrierFailure::NoQuorum(format!("node {node_id} is not the leader: {f}")),
+        ),
+        Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
+            Err(BarrierFailure::NoQuorum(q.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(fatal))) => Err(match not_running(&fatal) {
+            MetaError::NoQuorum(m) => BarrierFailure::NoQuorum(m),
+            other => BarrierFailure::Fatal(other.to_string()),
+        }),
+    }
+}
+
 /// Whether the state machine has applied everything this node knows to be committed.
 fn caught_up(m: &RaftMetrics<TypeConfig>) -> bool {
     let committed = m
@@ -309,23 +349,10 @@ impl MetaHandle for ClusterNode {
     }
 
     async fn read_barrier(&self) -> Result<(), MetaError> {
-        let read = tokio::time::timeout(
-            READ_BARRIER_TIMEOUT,
-            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-        );
-        match read.await {
-            Ok(Ok(_read_log_id)) => Ok(()),
-            Err(_elapsed) => Err(MetaError::NoQuorum(format!(
-                "read barrier did not complete within {READ_BARRIER_TIMEOUT:?}"
-            ))),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(
-                MetaError::NoQuorum(format!("node {} is not the leader: {f}", self.node_id)),
-            ),
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
-                Err(MetaError::NoQuorum(q.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(not_running(&fatal)),
-        }
+        self.reads.barrier().await.map_err(|failure| match failure {
+            BarrierFailure::NoQuorum(m) => MetaError::NoQuorum(m),
+            BarrierFailure::Fatal(m) => MetaError::Fatal(m),
+        })
     }
 
     fn state(&self) -> Arc<redb::Database> {
