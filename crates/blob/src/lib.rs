@@ -1,5 +1,5 @@
 //! Content-addressed blob store on the local file system: upload sessions, streaming sha256 with
-//! 4 MiB chunk hashes, verify-on-commit, verified reads.
+//! 4 MiB chunk hashes, verify-on-commit (sha256, or sha512 with one extra pass), verified reads.
 //!
 //! Start reading at [`FsBlobStore`]: an upload is a session ([`FsBlobStore::create_upload`],
 //! [`FsBlobStore::append`], [`FsBlobStore::commit`]) or one call ([`FsBlobStore::ingest`]); bytes
@@ -11,13 +11,15 @@
 //!
 //! ```text
 //! <root>/
-//!   blobs/sha256/<2 hex>/<hex>          the blob: immutable, named by the sha256 of its bytes
-//!   blobs/sha256/<2 hex>/<hex>.chunks   sidecar: sha256 of every 4 MiB chunk (see chunks::encode_sidecar)
+//!   blobs/<alg>/<2 hex>/<hex>           the blob: immutable, named by its digest <alg>:<hex>
+//!   blobs/<alg>/<2 hex>/<hex>.chunks    sidecar: sha256 of every 4 MiB chunk (see chunks::encode_sidecar)
 //!   uploads/<session id>                bytes of an upload in progress
 //!   uploads/<session id>.chunks         a sidecar being written, before its rename into blobs/
 //! ```
 //!
-//! `<2 hex>` is the first two characters of `<hex>`. A session id is `<node id>-<32 random hex>`.
+//! `<alg>` is `sha256` or `sha512` ([`wharf_types::DigestAlgorithm`]); `<2 hex>` is the first two
+//! characters of `<hex>`. Whatever the blob's name, its chunk hashes and chunk root are sha256:
+//! they are integrity checks, not names. A session id is `<node id>-<32 random hex>`.
 //!
 //! Commit order, so that a crash or power cut at any point never leaves a blob without its
 //! sidecar and never acknowledges bytes that are not on disk: fsync the upload file → write and
@@ -29,6 +31,7 @@
 pub mod chunks;
 mod error;
 mod fsutil;
+mod hash;
 mod read;
 mod store;
 
@@ -44,7 +47,8 @@ pub const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 /// What a committed blob is known by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlobInfo {
-    /// sha256 of the whole blob.
+    /// The digest the blob is stored under: the sha256 of the whole blob, or its sha512 if the
+    /// upload was committed under a sha512 digest.
     pub digest: Digest,
     /// Length in bytes.
     pub size: u64,

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
-use wharf_types::{Digest, NodeId};
+use wharf_types::{Digest, DigestAlgorithm, NodeId};
 
 use crate::chunks::{self, ChunkHasher, ChunkList};
 use crate::fsutil::{ensure_dir, remove_if_present, sync_blob_file, sync_dir, sync_file};
+use crate::hash::{DigestHasher, hash_file};
 use crate::read::verified_stream;
 use crate::{BlobError, BlobInfo, BlobReader, CHUNK_SIZE, CorruptBlob};
 
@@ -27,14 +28,15 @@ const WRITE_BATCH: usize = 1024 * 1024;
 ///
 /// Upload sessions live in memory and in `uploads/`; a restart forgets them (and
 /// [`open`](Self::open) deletes their files). Committed blobs are immutable files named by their
-/// sha256, each with a sidecar of chunk hashes that every read is checked against.
+/// digest (sha256, or sha512 when the client named the blob so), each with a sidecar of sha256
+/// chunk hashes that every read is checked against.
 #[derive(Clone)]
 pub struct FsBlobStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// `<root>/blobs/sha256`
+    /// `<root>/blobs`, holding one directory per [`DigestAlgorithm`]
     blobs: PathBuf,
     /// `<root>/uploads`
     uploads: PathBuf,
@@ -140,13 +142,17 @@ impl FsBlobStore {
     /// Opens (creating if needed) the store under `root` for node `node_id`, and removes every
     /// file left in `uploads/`: sessions do not survive a restart. Blocking; call at startup.
     pub fn open(root: &Path, node_id: NodeId) -> Result<Self, BlobError> {
-        let blobs = root.join("blobs").join("sha256");
+        let blobs = root.join("blobs");
         let uploads = root.join("uploads");
-        std::fs::create_dir_all(&blobs)?;
+        for algorithm in DigestAlgorithm::ALL {
+            std::fs::create_dir_all(blobs.join(algorithm.as_str()))?;
+        }
         std::fs::create_dir_all(&uploads)?;
         // Make the directory chain itself durable before any blob is acknowledged inside it.
+        for algorithm in DigestAlgorithm::ALL {
+            sync_dir(&blobs.join(algorithm.as_str()))?;
+        }
         sync_dir(&blobs)?;
-        sync_dir(&root.join("blobs"))?;
         sync_dir(root)?;
         let mut removed = 0usize;
         for entry in std::fs::read_dir(&uploads)? {
@@ -321,7 +327,7 @@ impl FsBlobStore {
     }
 
     /// Finishes session `id`: checks the bytes against `expected` (and `expected_size` if
-    /// given), then makes the blob durable and visible — fsync the file, write and fsync the
+    /// given; a sha512 `expected` costs one more read of the upload file), then makes the blob durable and visible — fsync the file, write and fsync the
     /// chunk sidecar, rename the file into `blobs/`, fsync the directory — before returning.
     ///
     /// The session is consumed whatever the outcome (except [`BlobError::SessionBusy`] and
@@ -410,7 +416,7 @@ impl FsBlobStore {
     }
 
     /// Stores a whole body in one call: a session, one append, one commit. With `expected` the
-    /// bytes must hash to it; without, the digest is computed and returned.
+    /// bytes must hash to it (sha256 or sha512); without, their sha256 is computed and returned.
     ///
     /// # Cancel safety
     ///
@@ -511,11 +517,11 @@ impl FsBlobStore {
         })
     }
 
-    /// Re-reads the whole blob, checking every chunk and the whole-blob sha256 (for the
-    /// scrubber). Returns its info if intact, [`BlobError::Corrupt`] if not.
+    /// Re-reads the whole blob, checking every chunk and the whole-blob hash with the digest's
+    /// algorithm (for the scrubber). Returns its info if intact, [`BlobError::Corrupt`] if not.
     pub async fn verify(&self, digest: &Digest) -> Result<BlobInfo, BlobError> {
         let mut reader = self.read(digest, None).await?;
-        let mut sha = Sha256::new();
+        let mut sha = DigestHasher::new(digest.algorithm());
         while let Some(piece) = reader.stream.next().await {
             let piece = piece.map_err(|e| {
                 match e.get_ref().and_then(|r| r.downcast_ref::<CorruptBlob>()) {
@@ -525,7 +531,7 @@ impl FsBlobStore {
             })?;
             sha.update(&piece);
         }
-        let actual = Digest::from_sha256_bytes(&sha.finalize().into());
+        let actual = sha.finish();
         if &actual != digest {
             return Err(CorruptBlob {
                 digest: digest.clone(),
@@ -626,8 +632,11 @@ impl Drop for DiscardOnDrop<'_> {
 
 impl Inner {
     fn blob_dir(&self, digest: &Digest) -> PathBuf {
-        // A Digest always has 64 hex characters; the fallback only avoids a panicking slice.
-        self.blobs.join(digest.hex().get(..2).unwrap_or("00"))
+        // A Digest always has 64 or 128 hex characters; the fallback only avoids a panicking
+        // slice.
+        self.blobs
+            .join(digest.algorithm().as_str())
+            .join(digest.hex().get(..2).unwrap_or("00"))
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -643,7 +652,14 @@ impl Inner {
         expected_size: Option<u64>,
     ) -> Result<BlobInfo, BlobError> {
         let OpenWriter { file, sha, chunks } = open;
-        let digest = Digest::from_sha256_bytes(&sha.finalize().into());
+        // The streamed sha256 names the blob unless the client named it by another algorithm:
+        // then one more pass over the (complete, unsynced but readable) upload file.
+        let digest = match expected.map(Digest::algorithm) {
+            None | Some(DigestAlgorithm::Sha256) => {
+                Digest::from_sha256_bytes(&sha.finalize().into())
+            }
+            Some(algorithm) => hash_file(&session.path, algorithm)?,
+        };
         let chunks = chunks.finish();
         let size = chunks.blob_size;
         if let Some(expected) = expected
@@ -667,7 +683,7 @@ impl Inner {
 
         let dir = self.blob_dir(&digest);
         ensure_dir(&dir)?;
-        let blob = dir.join(digest.hex());
+        let blob = self.blob_path(&digest);
         let sidecar = with_suffix(&blob, ".chunks");
 
         // The sidecar is durable in its final place before the blob appears.

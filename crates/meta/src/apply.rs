@@ -209,7 +209,7 @@ impl Ctx<'_> {
     }
 
     fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Verdict> {
-        let link_key = key(&[repo.as_str(), digest.hex()]);
+        let link_key = key(&[repo.as_str(), &digest.to_string()]);
         let mut links = self.txn.open_table(tables::BLOB_LINKS)?;
         if links.remove(link_key.as_slice())?.is_none() {
             return Ok(Err(Rejection::new(
@@ -286,13 +286,17 @@ impl Ctx<'_> {
             put_json(
                 self.txn,
                 tables::MANIFESTS,
-                &key(&[put.name.as_str(), put.digest.hex()]),
+                &key(&[put.name.as_str(), &put.digest.to_string()]),
                 &record,
             )?;
             let mut images = self.txn.open_table(tables::IMAGES)?;
             images.insert(put.name.as_str().as_bytes(), [].as_slice())?;
             if let (Some(subject), Some(referrer)) = (&put.subject, &put.referrer) {
-                let k = key(&[put.name.as_str(), subject.hex(), put.digest.hex()]);
+                let k = key(&[
+                    put.name.as_str(),
+                    &subject.to_string(),
+                    &put.digest.to_string(),
+                ]);
                 put_json(self.txn, tables::REFERRERS, &k, referrer)?;
             }
             changed = true;
@@ -301,7 +305,7 @@ impl Ctx<'_> {
             && current_tag.as_ref() != Some(&put.digest)
         {
             let mut tags = self.txn.open_table(tables::TAGS)?;
-            tags.insert(k.as_slice(), put.digest.hex().as_bytes())?;
+            tags.insert(k.as_slice(), put.digest.to_string().as_bytes())?;
             changed = true;
         }
         Ok(Ok(if changed {
@@ -323,6 +327,7 @@ impl Ctx<'_> {
             )));
         };
         let tags_prefix = prefix(&[name.as_str()]);
+        let digest_text = digest.to_string();
         let pointing: Vec<String> = {
             let tags = self.txn.open_table(tables::TAGS)?;
             let mut out = Vec::new();
@@ -331,7 +336,7 @@ impl Ctx<'_> {
                 let Some(tag) = k.value().strip_prefix(tags_prefix.as_slice()) else {
                     break;
                 };
-                if v.value() == digest.hex().as_bytes() {
+                if v.value() == digest_text.as_bytes() {
                     out.push(String::from_utf8_lossy(tag).into_owned());
                 }
             }
@@ -353,10 +358,11 @@ impl Ctx<'_> {
                 tags.remove(key(&[name.as_str(), tag]).as_slice())?;
             }
             let mut manifests = self.txn.open_table(tables::MANIFESTS)?;
-            manifests.remove(key(&[name.as_str(), digest.hex()]).as_slice())?;
+            manifests.remove(key(&[name.as_str(), &digest_text]).as_slice())?;
             if let Some(subject) = &record.subject {
                 let mut referrers = self.txn.open_table(tables::REFERRERS)?;
-                referrers.remove(key(&[name.as_str(), subject.hex(), digest.hex()]).as_slice())?;
+                referrers
+                    .remove(key(&[name.as_str(), &subject.to_string(), &digest_text]).as_slice())?;
             }
             let still_has_manifests = manifests
                 .range(tags_prefix.as_slice()..)?
@@ -496,7 +502,7 @@ impl Ctx<'_> {
         get_json(
             self.txn,
             tables::BLOB_LINKS,
-            &key(&[repo.as_str(), digest.hex()]),
+            &key(&[repo.as_str(), &digest.to_string()]),
         )
     }
 
@@ -504,7 +510,7 @@ impl Ctx<'_> {
         get_json(
             self.txn,
             tables::MANIFESTS,
-            &key(&[name.as_str(), digest.hex()]),
+            &key(&[name.as_str(), &digest.to_string()]),
         )
     }
 
@@ -519,7 +525,7 @@ impl Ctx<'_> {
         put_json(
             self.txn,
             tables::BLOB_LINKS,
-            &key(&[repo.as_str(), digest.hex()]),
+            &key(&[repo.as_str(), &digest.to_string()]),
             &record,
         )?;
         Ok(Ok(Outcome::Applied))
@@ -532,7 +538,8 @@ impl Ctx<'_> {
         chunk_root: &Digest,
         holder: NodeId,
     ) -> Result<()> {
-        let k = digest.hex().as_bytes();
+        let text = digest.to_string();
+        let k = text.as_bytes();
         let mut record =
             get_json::<BlobRecord>(self.txn, tables::BLOBS, k)?.unwrap_or_else(|| BlobRecord {
                 size,
@@ -583,8 +590,8 @@ fn put_json<T: Serialize>(
 fn get_digest(txn: &WriteTransaction, table: StateTable, k: &[u8]) -> Result<Option<Digest>> {
     let t = txn.open_table(table)?;
     let Some(v) = t.get(k)? else { return Ok(None) };
-    let text = format!("sha256:{}", String::from_utf8_lossy(v.value()));
-    text.parse()
+    String::from_utf8_lossy(v.value())
+        .parse()
         .map(Some)
         .map_err(|e: wharf_types::DigestError| ApplyError::Corrupt {
             table: table_name(table),
@@ -952,5 +959,75 @@ mod tests {
             apply_entry(&txn, 1, &envelope),
             Err(ApplyError::UnknownVersion { .. })
         ));
+    }
+
+    #[test]
+    fn sha512_digests_are_keys_of_their_own() {
+        let mut sm = Sm::new();
+        sm.repo("r", Format::Oci, false, false);
+        // The same hex under sha256 and sha512: two different blobs and manifests.
+        let d512 = |n: u8| Digest::from_sha512_bytes(&[n; 64]);
+        let (layer, m256, m512) = (d512(9), digest(1), d512(1));
+        assert_eq!(m256.hex(), &m512.hex()[..64]);
+        sm.link("r", &layer);
+        let name = ImageName::new("r/x").unwrap();
+        let txn = sm.db.begin_read().unwrap();
+        let repo = RepoName::new("r").unwrap();
+        assert!(
+            crate::query::blob_link(&txn, &repo, &layer)
+                .unwrap()
+                .is_some()
+        );
+        assert!(crate::query::blob(&txn, &layer).unwrap().is_some());
+        let same_hex_256 = Digest::from_sha256_bytes(&[9; 32]);
+        assert!(
+            crate::query::blob_link(&txn, &repo, &same_hex_256)
+                .unwrap()
+                .is_none()
+        );
+        drop(txn);
+
+        let r = sm.put("r/x", Some("a"), &m512, std::slice::from_ref(&layer), &[]);
+        assert_eq!(r, CommandResult::Ok(Outcome::Applied));
+        let r = sm.put("r/x", Some("b"), &m256, std::slice::from_ref(&layer), &[]);
+        assert_eq!(r, CommandResult::Ok(Outcome::Applied));
+        let txn = sm.db.begin_read().unwrap();
+        assert_eq!(
+            crate::query::tag(&txn, &name, "a").unwrap(),
+            Some(m512.clone())
+        );
+        assert_eq!(
+            crate::query::tag(&txn, &name, "b").unwrap(),
+            Some(m256.clone())
+        );
+        assert!(
+            crate::query::manifest(&txn, &name, &m512)
+                .unwrap()
+                .is_some()
+        );
+        drop(txn);
+
+        // Deleting the sha512 manifest drops its tag only.
+        let r = sm.apply(Command::DeleteManifest {
+            name: name.clone(),
+            digest: m512.clone(),
+        });
+        assert_eq!(r, CommandResult::Ok(Outcome::Applied));
+        let txn = sm.db.begin_read().unwrap();
+        assert_eq!(crate::query::tag(&txn, &name, "a").unwrap(), None);
+        assert_eq!(
+            crate::query::tag(&txn, &name, "b").unwrap(),
+            Some(m256.clone())
+        );
+        assert!(
+            crate::query::manifest(&txn, &name, &m512)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            crate::query::manifest(&txn, &name, &m256)
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -81,6 +81,12 @@ impl LogStore {
             Ok(())
         };
         init().map_err(open_err)?;
+        // redb fsyncs the file's bytes, not its name: the entries `log.redb` in `dir` and `dir`
+        // in its parent are durable only once both directories are fsync'd (power-loss test).
+        sync_dir_and_parent(dir).map_err(|source| LogStoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
         Ok(LogStore { db: Arc::new(db) })
     }
 
@@ -315,6 +321,16 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> 
             format!("unknown encoding version {version}"),
         )),
         None => Err(io::Error::new(io::ErrorKind::InvalidData, "empty record")),
+    }
+}
+
+/// fsyncs `dir` and its parent, so that the entries in `dir` and `dir` itself survive a power
+/// cut.
+pub(crate) fn sync_dir_and_parent(dir: &Path) -> Result<(), io::Error> {
+    std::fs::File::open(dir)?.sync_all()?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => std::fs::File::open(parent)?.sync_all(),
+        _ => Ok(()),
     }
 }
 

@@ -45,8 +45,8 @@ fn get_json<T: DeserializeOwned>(
     }
 }
 
-fn parse_hex_digest(bytes: &[u8]) -> Result<Digest> {
-    format!("sha256:{}", String::from_utf8_lossy(bytes))
+fn parse_digest(bytes: &[u8]) -> Result<Digest> {
+    String::from_utf8_lossy(bytes)
         .parse()
         .map_err(|e| MetaError::Fatal(format!("corrupt digest in state: {e}")))
 }
@@ -115,13 +115,13 @@ pub fn blob_link(
     get_json(
         txn,
         tables::BLOB_LINKS,
-        &key(&[repo.as_str(), digest.hex()]),
+        &key(&[repo.as_str(), &digest.to_string()]),
     )
 }
 
 /// The blob's global record (size, chunk root, holders).
 pub fn blob(txn: &ReadTransaction, digest: &Digest) -> Result<Option<BlobRecord>> {
-    get_json(txn, tables::BLOBS, digest.hex().as_bytes())
+    get_json(txn, tables::BLOBS, digest.to_string().as_bytes())
 }
 
 /// A manifest stored under `name`.
@@ -130,13 +130,17 @@ pub fn manifest(
     name: &ImageName,
     digest: &Digest,
 ) -> Result<Option<ManifestRecord>> {
-    get_json(txn, tables::MANIFESTS, &key(&[name.as_str(), digest.hex()]))
+    get_json(
+        txn,
+        tables::MANIFESTS,
+        &key(&[name.as_str(), &digest.to_string()]),
+    )
 }
 
 /// The digest a tag points to.
 pub fn tag(txn: &ReadTransaction, name: &ImageName, tag: &str) -> Result<Option<Digest>> {
     get_raw(txn, tables::TAGS, &key(&[name.as_str(), tag]))?
-        .map(|hex| parse_hex_digest(&hex))
+        .map(|text| parse_digest(&text))
         .transpose()
 }
 
@@ -175,7 +179,7 @@ pub fn referrers(
     let (items, _) = list_under(
         txn,
         tables::REFERRERS,
-        &prefix(&[name.as_str(), subject.hex()]),
+        &prefix(&[name.as_str(), &subject.to_string()]),
         None,
         usize::MAX,
     )?;

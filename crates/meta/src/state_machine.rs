@@ -47,7 +47,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::apply::apply_entry;
 use crate::command::CommandResult;
-use crate::log_store::{decode, encode, storage};
+use crate::log_store::{decode, encode, storage, sync_dir_and_parent};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::tables::{SM_META, STATE_TABLES, StateTable};
 
@@ -179,6 +179,9 @@ impl StateMachineStore {
             Ok(())
         };
         init().map_err(open_err)?;
+        // `state.redb` and `snapshot/` become durable names only with an fsync of `dir` (and
+        // `dir` itself with one of its parent): redb fsyncs the file's bytes, not its name.
+        sync_dir_and_parent(dir).map_err(io_err(dir))?;
 
         let current_path = snapshot_dir.join(CURRENT_SNAPSHOT);
         let current = match File::open(&current_path) {

@@ -1,14 +1,17 @@
 //! The state machine's redb tables. Every table maps bytes to bytes so snapshots can stream
 //! them generically; keys are built so that byte order is the order listings need.
 //!
+//! A `<digest>` is the full text form `<alg>:<hex>` (`sha256:…` or `sha512:…`), so the same hex
+//! under two algorithms names two different things.
+//!
 //! ```text
 //! repos        <repo>                         -> json RepoRecord
-//! blobs        <hex digest>                   -> json BlobRecord
-//! blob_links   <repo> 0x00 <hex digest>       -> json LinkRecord
-//! manifests    <name> 0x00 <hex digest>       -> json ManifestRecord
-//! tags         <name> 0x00 <tag>              -> hex digest
+//! blobs        <digest>                       -> json BlobRecord
+//! blob_links   <repo> 0x00 <digest>           -> json LinkRecord
+//! manifests    <name> 0x00 <digest>           -> json ManifestRecord
+//! tags         <name> 0x00 <tag>              -> <digest>
 //! images       <name>                         -> "" (catalog)
-//! referrers    <name> 0x00 <subject hex> 0x00 <referrer hex> -> json ReferrerDescriptor
+//! referrers    <name> 0x00 <subject digest> 0x00 <referrer digest> -> json ReferrerDescriptor
 //! files        <repo> 0x00 <path>             -> json FileRecord
 //! requests     <request id>                   -> json (log index, CommandResult)
 //! request_log  <log index u64 BE>             -> <request id>   (expiry by log index)

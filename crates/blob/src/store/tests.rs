@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use sha2::{Digest as _, Sha256};
-use wharf_types::{Digest, ErrorCode};
+use sha2::{Digest as _, Sha256, Sha512};
+use wharf_types::{Digest, DigestAlgorithm, ErrorCode};
 
 use super::FsBlobStore;
 use crate::{BlobError, CHUNK_SIZE, CorruptBlob};
@@ -29,6 +29,19 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 
 fn sha(bytes: &[u8]) -> Digest {
     Digest::from_sha256_bytes(&Sha256::digest(bytes).into())
+}
+
+fn sha512(bytes: &[u8]) -> Digest {
+    Digest::from_sha512_bytes(&Sha512::digest(bytes).into())
+}
+
+/// Where the store keeps blob `d` under `root`, as the crate docs draw it.
+fn blob_file(root: &Path, d: &Digest) -> std::path::PathBuf {
+    let hex = d.hex();
+    root.join("blobs")
+        .join(d.algorithm().as_str())
+        .join(&hex[..2])
+        .join(hex)
 }
 
 /// `bytes` as a request body arriving in pieces of `piece` bytes.
@@ -561,4 +574,158 @@ async fn session_ids_name_their_node_and_are_unguessable() {
     );
     // CHUNK_SIZE is part of the stored format: changing it needs a new sidecar reader path.
     assert_eq!(CHUNK_SIZE, 4 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn sha512_ingest_then_read_round_trips_under_its_own_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes = data(5 * MIB + 3, 11);
+    let d = sha512(&bytes);
+    let info = store.ingest(body(&bytes, 100_000), Some(&d)).await.unwrap();
+
+    assert_eq!(info.digest, d);
+    assert_eq!(info.size, bytes.len() as u64);
+    // The chunk root stays sha256 whatever the blob is named by.
+    let plain = tempfile::tempdir().unwrap();
+    let as_sha256 = open(plain.path())
+        .ingest(body(&bytes, MIB), None)
+        .await
+        .unwrap();
+    assert_eq!(info.chunk_root, as_sha256.chunk_root);
+    assert_eq!(info.chunk_root.algorithm(), DigestAlgorithm::Sha256);
+
+    let blob = blob_file(dir.path(), &d);
+    assert!(blob.starts_with(dir.path().join("blobs/sha512")));
+    assert_eq!(std::fs::read(&blob).unwrap(), bytes);
+    assert!(blob.with_extension("chunks").is_file());
+    assert!(files_under(&dir.path().join("blobs/sha256")).is_empty());
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+
+    assert_eq!(store.stat(&d).await.unwrap(), Some(bytes.len() as u64));
+    assert_eq!(store.stat(&sha(&bytes)).await.unwrap(), None);
+    assert_eq!(read_all(&store, &d, None).await, bytes);
+    let four = 4 * MIB as u64;
+    assert_eq!(
+        read_all(&store, &d, Some((four - 10, four + 9))).await,
+        &bytes[4 * MIB - 10..4 * MIB + 10]
+    );
+    assert_eq!(store.info(&d).await.unwrap(), Some(info.clone()));
+    assert_eq!(store.verify(&d).await.unwrap(), info);
+
+    // The same bytes under sha256 are another blob, side by side.
+    let info256 = store.ingest(body(&bytes, MIB), None).await.unwrap();
+    assert_eq!(info256.digest, sha(&bytes));
+    assert_eq!(read_all(&store, &info256.digest, None).await, bytes);
+
+    store.delete(&d).await.unwrap();
+    assert_eq!(store.stat(&d).await.unwrap(), None);
+    assert!(!blob.exists() && !blob.with_extension("chunks").exists());
+    assert_eq!(read_all(&store, &info256.digest, None).await, bytes);
+}
+
+#[tokio::test]
+async fn a_sha512_mismatch_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes = data(5 * MIB, 12);
+    let wrong = sha512(b"something else");
+
+    let err = store
+        .ingest(body(&bytes, MIB), Some(&wrong))
+        .await
+        .unwrap_err();
+    match &err {
+        BlobError::DigestMismatch { expected, actual } => {
+            assert_eq!(expected, &wrong);
+            assert_eq!(actual, &sha512(&bytes));
+        }
+        other => panic!("expected DigestMismatch, got {other:?}"),
+    }
+    assert_eq!(err.code(), ErrorCode::DigestInvalid);
+
+    // A sha512 that is right, with a wrong size, is refused too.
+    let id = store.create_upload().await.unwrap();
+    store.append(&id, Some(0), body(&bytes, MIB)).await.unwrap();
+    let err = store
+        .commit(&id, &sha512(&bytes), Some(7))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BlobError::SizeMismatch { expected: 7, .. }));
+
+    assert!(files_under(&dir.path().join("blobs")).is_empty());
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+    assert_eq!(store.stat(&sha512(&bytes)).await.unwrap(), None);
+    assert_eq!(store.stat(&wrong).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_sha512_upload_through_chunked_appends_matches_a_one_shot_ingest() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (chunked, whole) = (open(a.path()), open(b.path()));
+    let bytes = data(9 * MIB + 5, 13);
+    let expected = sha512(&bytes);
+
+    let id = chunked.create_upload().await.unwrap();
+    let mut start = 0u64;
+    for part in bytes.chunks(3 * MIB + 1) {
+        start = chunked
+            .append(&id, Some(start), body(part, 64 * 1024))
+            .await
+            .unwrap();
+    }
+    assert_eq!(start, bytes.len() as u64);
+    let info = chunked
+        .commit(&id, &expected, Some(bytes.len() as u64))
+        .await
+        .unwrap();
+    let one_shot = whole
+        .ingest(body(&bytes, 9 * MIB), Some(&expected))
+        .await
+        .unwrap();
+
+    assert_eq!(info, one_shot);
+    assert_eq!(info.digest, expected);
+    let sidecar =
+        |root: &Path| std::fs::read(blob_file(root, &expected).with_extension("chunks")).unwrap();
+    assert_eq!(sidecar(a.path()), sidecar(b.path()));
+    assert_eq!(read_all(&chunked, &expected, None).await, bytes);
+    assert_eq!(chunked.verify(&expected).await.unwrap(), info);
+}
+
+#[tokio::test]
+async fn verify_rehashes_a_sha512_blob_with_sha512() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes = data(1000, 14);
+    let d = sha512(&bytes);
+    store.ingest(body(&bytes, 100), Some(&d)).await.unwrap();
+
+    // Damage the blob and rewrite a sidecar that matches the damage: only the whole-blob sha512
+    // can notice.
+    let path = blob_file(dir.path(), &d);
+    let mut damaged = bytes.clone();
+    damaged[500] ^= 0x01;
+    std::fs::write(&path, &damaged).unwrap();
+    let mut hasher = crate::chunks::ChunkHasher::new(CHUNK_SIZE);
+    hasher.update(&damaged);
+    std::fs::write(
+        path.with_extension("chunks"),
+        crate::chunks::encode_sidecar(&hasher.finish()),
+    )
+    .unwrap();
+
+    assert_eq!(read_all(&store, &d, None).await, damaged);
+    let err = store.verify(&d).await.unwrap_err();
+    match &err {
+        BlobError::Corrupt(c) => {
+            assert_eq!((&c.digest, c.chunk), (&d, None));
+            assert!(
+                c.reason.contains(&sha512(&damaged).to_string()),
+                "{}",
+                c.reason
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
 }

@@ -207,4 +207,16 @@ mod tests {
         );
         assert_eq!(parse(foreign.as_bytes(), None).unwrap().blobs.len(), 1);
     }
+
+    #[test]
+    fn descriptors_may_be_sha512() {
+        let d512 = format!("sha512:{}", "3".repeat(128));
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"x","digest":"{D1}","size":1}},"layers":[{{"mediaType":"x","digest":"{d512}","size":2}}]}}"#
+        );
+        let m = parse(body.as_bytes(), None).unwrap();
+        assert_eq!(m.blobs, vec![D1.parse().unwrap(), d512.parse().unwrap()]);
+        let other = body.replace(&d512, &format!("sha384:{}", "3".repeat(96)));
+        assert!(parse(other.as_bytes(), None).is_err());
+    }
 }

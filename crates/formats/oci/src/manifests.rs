@@ -8,9 +8,9 @@ use axum::response::Response;
 use bytes::BytesMut;
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 use wharf_registry::{RegistryError, RequestCtx};
-use wharf_types::{Digest, ErrorCode, ImageName, Tag};
+use wharf_types::{Digest, DigestAlgorithm, ErrorCode, ImageName, Tag};
 
 use crate::blobs::parse_digest;
 use crate::manifest::{self, bare_media_type};
@@ -64,7 +64,16 @@ pub async fn put(
             ));
         }
     };
-    let digest = Digest::from_sha256_bytes(&Sha256::digest(&bytes).into());
+    // Named by sha256 unless the URL names it by another algorithm: then that one is the
+    // manifest's digest (stored, served and answered in Docker-Content-Digest).
+    let algorithm = match &reference {
+        Reference::Digest(d) => d.algorithm(),
+        Reference::Tag(_) => DigestAlgorithm::Sha256,
+    };
+    let digest = match algorithm {
+        DigestAlgorithm::Sha256 => Digest::from_sha256_bytes(&Sha256::digest(&bytes).into()),
+        DigestAlgorithm::Sha512 => Digest::from_sha512_bytes(&Sha512::digest(&bytes).into()),
+    };
     let tag = match &reference {
         Reference::Digest(d) if d != &digest => {
             return Err(OciError::new(
