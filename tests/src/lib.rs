@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod dockerd;
 pub mod env;
 pub mod oci;
+pub mod powercut;
 pub mod server;
 
 pub use cmd::{Run, helm_bin, require_tool, run, run_status, run_with_stdin};

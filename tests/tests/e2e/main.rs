@@ -6,10 +6,12 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod buildah;
+mod crash;
 mod docker;
 mod generic;
 mod helm;
 mod podman;
+mod power_loss;
 mod skopeo;
 mod wharf;
 
