@@ -3,11 +3,13 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use wharf_types::Digest;
 
@@ -22,7 +24,8 @@ const READ_SIZE: usize = 1024 * 1024;
 /// A chunk whose hash does not match yields an [`io::Error`] of kind
 /// [`io::ErrorKind::InvalidData`] carrying a [`CorruptBlob`], after which the stream ends. An HTTP
 /// layer that forwards the stream as a body therefore aborts the response instead of completing
-/// it. At most one chunk (4 MiB) is buffered per stream, plus what the consumer still holds.
+/// it. At most two chunks (8 MiB) are buffered per stream (one read ahead), plus what the consumer
+/// still holds.
 pub type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
 
 /// An open read of one blob, or of one range of it.
@@ -47,16 +50,9 @@ impl fmt::Debug for BlobReader {
     }
 }
 
-struct ReadState {
-    file: Option<File>,
-    digest: Digest,
-    chunks: ChunkList,
-    next_chunk: u64,
-    /// First byte to yield, and one past the last.
-    start: u64,
-    end: u64,
-    finished: bool,
-}
+/// How many chunks a stream reads and verifies ahead of the one being sent: one, so that
+/// hashing the next chunk overlaps with sending this one, and memory stays at two chunks.
+const READ_AHEAD: usize = 2;
 
 /// A stream over `[start, end)` of `file`, verified against `chunks`. `end > start` and
 /// `end <= chunks.blob_size` are the caller's to ensure.
@@ -67,95 +63,86 @@ pub(crate) fn verified_stream(
     start: u64,
     end: u64,
 ) -> BlobStream {
-    let state = ReadState {
-        file: Some(file),
-        next_chunk: start / chunks.chunk_size,
-        digest,
-        chunks,
-        start,
-        end,
-        finished: false,
-    };
-    Box::pin(futures::stream::unfold(state, next_piece))
+    let file = Arc::new(file);
+    let chunks = Arc::new(chunks);
+    let first = start / chunks.chunk_size;
+    let spans: Vec<(u64, u64, u64)> = (first..)
+        .map_while(|index| {
+            chunks
+                .chunk_span(index)
+                .filter(|(chunk_start, _)| *chunk_start < end)
+                .map(|(chunk_start, len)| (index, chunk_start, len))
+        })
+        .collect();
+    let reads = futures::stream::iter(spans).map(move |(index, chunk_start, chunk_len)| {
+        let (file, chunks, digest) = (Arc::clone(&file), Arc::clone(&chunks), digest.clone());
+        async move {
+            let bytes =
+                read_verified(file, &chunks, &digest, index, chunk_start, chunk_len).await?;
+            // Both bounds lie inside this chunk: start < chunk end and end > chunk start.
+            let from = start.saturating_sub(chunk_start).min(chunk_len);
+            let to = (end - chunk_start).min(chunk_len);
+            match (usize::try_from(from), usize::try_from(to)) {
+                (Ok(from), Ok(to)) if from <= to && to <= bytes.len() => Ok(bytes.slice(from..to)),
+                _ => Err(io::Error::other("chunk bounds out of range")),
+            }
+        }
+    });
+    // The first error ends the stream: a response is aborted, never completed.
+    let mut failed = false;
+    let stream = reads.buffered(READ_AHEAD).take_while(move |item| {
+        let go_on = !failed;
+        failed |= item.is_err();
+        futures::future::ready(go_on)
+    });
+    Box::pin(stream)
 }
 
-async fn next_piece(mut st: ReadState) -> Option<(io::Result<Bytes>, ReadState)> {
-    if st.finished {
-        return None;
-    }
-    let index = st.next_chunk;
-    let (chunk_start, chunk_len) = match st.chunks.chunk_span(index) {
-        Some(span) if span.0 < st.end => span,
-        _ => return None,
-    };
+/// Reads chunk `index` on a blocking thread and checks it against its recorded hash.
+async fn read_verified(
+    file: Arc<File>,
+    chunks: &ChunkList,
+    digest: &Digest,
+    index: u64,
+    chunk_start: u64,
+    chunk_len: u64,
+) -> io::Result<Bytes> {
     let Some(expected) = usize::try_from(index)
         .ok()
-        .and_then(|i| st.chunks.hashes.get(i))
+        .and_then(|i| chunks.hashes.get(i))
         .copied()
     else {
         // decode_sidecar guarantees one hash per chunk; treat a gap as corruption all the same.
-        st.finished = true;
         let err = CorruptBlob {
-            digest: st.digest.clone(),
+            digest: digest.clone(),
             chunk: Some(index),
             reason: "no recorded hash for this chunk".to_string(),
         };
-        return Some((Err(err.into()), st));
+        return Err(err.into());
     };
-    let Some(file) = st.file.take() else {
-        st.finished = true;
-        return Some((
-            Err(io::Error::other("blob read resumed after an aborted read")),
-            st,
-        ));
-    };
-    let read = tokio::task::spawn_blocking(move || {
-        let result = read_chunk(&file, chunk_start, chunk_len, &expected);
-        (file, result)
-    })
-    .await;
-    let buf = match read {
-        Ok((file, Ok(buf))) => {
-            st.file = Some(file);
-            buf
+    let read =
+        tokio::task::spawn_blocking(move || read_chunk(&file, chunk_start, chunk_len, &expected))
+            .await;
+    match read {
+        Ok(Ok(buf)) => Ok(Bytes::from(buf)),
+        Ok(Err(ChunkError::Io(e))) => {
+            tracing::error!(%digest, chunk = index, error = %e, "blob read failed");
+            Err(e)
         }
-        Ok((_, Err(ChunkError::Io(e)))) => {
-            st.finished = true;
-            tracing::error!(digest = %st.digest, chunk = index, error = %e, "blob read failed");
-            return Some((Err(e), st));
-        }
-        Ok((_, Err(ChunkError::Mismatch))) => {
-            st.finished = true;
+        Ok(Err(ChunkError::Mismatch)) => {
             tracing::error!(
-                digest = %st.digest,
+                %digest,
                 chunk = index,
                 "stored blob chunk does not match its recorded sha256; aborting the read"
             );
             let err = CorruptBlob {
-                digest: st.digest.clone(),
+                digest: digest.clone(),
                 chunk: Some(index),
                 reason: "chunk sha256 does not match the hash recorded at commit".to_string(),
             };
-            return Some((Err(err.into()), st));
+            Err(err.into())
         }
-        Err(join) => {
-            st.finished = true;
-            return Some((Err(io::Error::other(join)), st));
-        }
-    };
-    st.next_chunk = index + 1;
-    // Both bounds lie inside this chunk: start < chunk end and end > chunk start.
-    let from = st.start.saturating_sub(chunk_start).min(chunk_len);
-    let to = (st.end - chunk_start).min(chunk_len);
-    let bytes = Bytes::from(buf);
-    match (usize::try_from(from), usize::try_from(to)) {
-        (Ok(from), Ok(to)) if from <= to && to <= bytes.len() => {
-            Some((Ok(bytes.slice(from..to)), st))
-        }
-        _ => {
-            st.finished = true;
-            Some((Err(io::Error::other("chunk bounds out of range")), st))
-        }
+        Err(join) => Err(io::Error::other(join)),
     }
 }
 
@@ -166,17 +153,18 @@ enum ChunkError {
 
 /// Reads `len` bytes at `offset` in pieces of at most [`READ_SIZE`], hashing as it goes.
 fn read_chunk(
-    mut file: &File,
+    file: &File,
     offset: u64,
     len: u64,
     expected: &[u8; 32],
 ) -> Result<Vec<u8>, ChunkError> {
     let len = usize::try_from(len).map_err(|e| ChunkError::Io(io::Error::other(e)))?;
     let mut buf = vec![0u8; len];
-    file.seek(SeekFrom::Start(offset)).map_err(ChunkError::Io)?;
     let mut hasher = Sha256::new();
+    let mut at = offset;
     for piece in buf.chunks_mut(READ_SIZE) {
-        file.read_exact(piece).map_err(ChunkError::Io)?;
+        file.read_exact_at(piece, at).map_err(ChunkError::Io)?;
+        at += piece.len() as u64;
         hasher.update(&*piece);
     }
     let actual: [u8; 32] = hasher.finalize().into();
