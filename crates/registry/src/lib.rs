@@ -77,7 +77,12 @@ pub struct Registry {
     blobs: FsBlobStore,
     node_id: NodeId,
     auto_create_repos: bool,
+    on_fatal: FatalHandler,
 }
+
+/// Called when the node must stop (an fsync failed: it can no longer tell what is on disk,
+/// DESIGN.md §1.2). The server stops the process; nothing is acknowledged after it.
+pub type FatalHandler = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Registry {
     /// Builds a registry over a metadata handle and this node's blob store.
@@ -86,12 +91,14 @@ impl Registry {
         blobs: FsBlobStore,
         node_id: NodeId,
         auto_create_repos: bool,
+        on_fatal: FatalHandler,
     ) -> Self {
         Registry {
             meta,
             blobs,
             node_id,
             auto_create_repos,
+            on_fatal,
         }
     }
 
@@ -120,7 +127,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let info = match source {
+        let stored = match source {
             BlobSource::Upload(session) => {
                 let Some(expected) = expected else {
                     return Err(RegistryError::new(
@@ -128,21 +135,26 @@ impl Registry {
                         "a digest is required to finish an upload",
                     ));
                 };
-                self.blobs.commit(&session, expected, expected_size).await?
+                self.blobs.commit(&session, expected, expected_size).await
             }
-            BlobSource::Stream(body) => {
-                let info = self.blobs.ingest(body, expected).await?;
-                if let Some(size) = expected_size
-                    && size != info.size
-                {
-                    return Err(RegistryError::new(
-                        ErrorCode::SizeInvalid,
-                        format!("received {} bytes, but {size} were declared", info.size),
-                    ));
-                }
-                info
-            }
+            BlobSource::Stream(body) => self.blobs.ingest(body, expected).await,
         };
+        let info = match stored {
+            Ok(info) => info,
+            Err(e) if e.is_fatal() => {
+                (self.on_fatal)(&e.to_string());
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(size) = expected_size
+            && size != info.size
+        {
+            return Err(RegistryError::new(
+                ErrorCode::SizeInvalid,
+                format!("received {} bytes, but {size} were declared", info.size),
+            ));
+        }
         Ok(StoredBlob {
             info,
             holder: self.node_id,

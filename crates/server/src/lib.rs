@@ -73,6 +73,7 @@ pub async fn run(
         blobs.clone(),
         node_id,
         config.server.auto_create_repos,
+        Arc::new(stop_on_fatal),
     );
 
     let sweeper = tokio::spawn(sweep_uploads(
@@ -156,6 +157,14 @@ async fn metrics(State(h): State<Health>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// An fsync failed: the node can no longer tell what is on disk, so it stops at once rather
+/// than acknowledge anything else (DESIGN.md §1.2). A restart cleans partial uploads.
+fn stop_on_fatal(reason: &str) {
+    tracing::error!(reason, "fatal storage error; stopping the node");
+    eprintln!("wharf: fatal storage error, stopping: {reason}");
+    std::process::exit(70);
 }
 
 /// Drops upload sessions idle longer than `max_idle` (24 h by default).
