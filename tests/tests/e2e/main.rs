@@ -13,6 +13,7 @@ mod helm;
 mod podman;
 mod power_loss;
 mod skopeo;
+mod tls;
 mod wharf;
 
 use wharf_tests::oci::{Layout, TestImage};
