@@ -44,29 +44,10 @@ pub fn test_seed() -> u64 {
     seed
 }
 
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test executable has a parent dir");
-    if deps.file_name().is_some_and(|n| n == "deps") {
-        deps.parent().expect("deps has a parent").to_path_buf()
-    } else {
-        deps.to_path_buf()
-    }
-}
-
 /// `$WHARF_LAZYFS_BIN`, else `wharf-lazyfs` in this test's profile dir. Panics with the build
 /// command if it is missing.
 pub fn lazyfs_bin() -> PathBuf {
-    let path = std::env::var_os("WHARF_LAZYFS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| profile_dir().join("wharf-lazyfs"));
-    assert!(
-        path.is_file(),
-        "wharf-lazyfs not found at {}.\nBuild it with: {LAZYFS_BUILD} (the same profile as the \
-         tests), or set WHARF_LAZYFS_BIN",
-        path.display()
-    );
-    path
+    crate::server::built_binary("WHARF_LAZYFS_BIN", "wharf-lazyfs", LAZYFS_BUILD)
 }
 
 /// `$WHARF_PLANTED_BIN`, else `<target>/release/wharf-planted-skip-fsync`: wharf built with the

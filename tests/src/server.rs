@@ -23,7 +23,8 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn profile_dir() -> PathBuf {
+/// `<target>/<profile>`: where the binaries the tests run were built.
+pub(crate) fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test executable has a parent dir");
     // `<target>/<profile>/deps/` normally; tolerate an executable placed in the profile dir itself
@@ -34,27 +35,24 @@ fn profile_dir() -> PathBuf {
     }
 }
 
-/// Path of the `wharf` binary: `$WHARF_BIN`, else `<target>/<profile>/wharf` next to this test's
-/// profile dir. Panics with the build command if it is missing.
-pub fn wharf_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("WHARF_BIN") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "$WHARF_BIN = {} does not exist",
-            path.display()
-        );
-        return path;
-    }
-    let path = profile_dir().join("wharf");
+/// A binary built beside the tests: `$<env_var>` if set, else `<target>/<profile>/<name>`.
+/// Panics with `build` (the command that builds it) if it is missing.
+pub fn built_binary(env_var: &str, name: &str, build: &str) -> PathBuf {
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join(name));
     assert!(
         path.is_file(),
-        "wharf binary not found at {}.\nBuild it first with: cargo build --release -p wharf-cli \
-         (the tests look in the profile dir they were built for, so run them with \
-         `cargo test --release`), or set WHARF_BIN=/path/to/wharf",
+        "{name} not found at {}.\nBuild it with: {build} (the tests look in the profile dir they \
+         were built for, so run them with `cargo test --release`), or set {env_var}",
         path.display()
     );
     path
+}
+
+/// Path of the `wharf` binary: `$WHARF_BIN`, else `<target>/<profile>/wharf`.
+pub fn wharf_bin() -> PathBuf {
+    built_binary("WHARF_BIN", "wharf", "cargo build --release -p wharf-cli")
 }
 
 /// A running registry under test. Normally a `wharf dev` child process with its own data dir and port,
