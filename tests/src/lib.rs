@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod dockerd;
 pub mod env;
 pub mod oci;
+pub mod ocihttp;
 pub mod powercut;
 pub mod server;
 

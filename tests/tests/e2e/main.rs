@@ -12,6 +12,7 @@ mod generic;
 mod helm;
 mod podman;
 mod power_loss;
+mod protocol;
 mod skopeo;
 mod tls;
 mod wharf;
