@@ -46,6 +46,8 @@ struct Inner {
 
 struct Session {
     id: String,
+    /// Who the session belongs to (an OCI name, say); a caller may refuse other owners.
+    owner: String,
     path: PathBuf,
     /// Bytes written and hashed: always consistent with the writer's hash state.
     size: AtomicU64,
@@ -188,6 +190,11 @@ impl FsBlobStore {
     /// Starts an upload session and returns its id, `<node id>-<32 random hex>`: unguessable, and
     /// naming this node so that another node can forward requests for it here.
     pub async fn create_upload(&self) -> Result<String, BlobError> {
+        self.create_upload_for("").await
+    }
+
+    /// Like [`Self::create_upload`], recording `owner` (see [`Self::upload_owner`]).
+    pub async fn create_upload_for(&self, owner: &str) -> Result<String, BlobError> {
         let id = format!("{}-{:032x}", self.inner.node_id, rand::random::<u128>());
         let path = self.inner.uploads.join(&id);
         let file = {
@@ -197,6 +204,7 @@ impl FsBlobStore {
         };
         let session = Arc::new(Session {
             id: id.clone(),
+            owner: owner.to_string(),
             path,
             size: AtomicU64::new(0),
             last_activity: Mutex::new(Instant::now()),
@@ -209,6 +217,11 @@ impl FsBlobStore {
         lock(&self.inner.sessions).insert(id.clone(), session);
         tracing::debug!(session = %id, "upload session created");
         Ok(id)
+    }
+
+    /// The owner recorded when session `id` was created ([`BlobError::UnknownSession`] if none).
+    pub fn upload_owner(&self, id: &str) -> Result<String, BlobError> {
+        Ok(self.session(id)?.owner.clone())
     }
 
     /// The node that owns session `id`, or `None` if `id` is not a well-formed session id.

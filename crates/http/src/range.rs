@@ -107,3 +107,40 @@ mod tests {
         assert_eq!(resolve_range(ByteRange::Suffix(1000), 100), Some((0, 99)));
     }
 }
+
+/// What to answer to a request's `Range` header for a body of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// No usable `Range`: 200 with the whole body. A header that is not one well-formed byte
+    /// range (several ranges, other units, garbage) is ignored, as RFC 9110 allows.
+    Whole,
+    /// 206 with the inclusive `(start, end)`.
+    Part(u64, u64),
+    /// 416 with `Content-Range: bytes */size`.
+    Unsatisfiable,
+}
+
+/// Decides how to answer `header` (the `Range` value, if any) for a body of `size` bytes.
+pub fn answer(header: Option<&str>, size: u64) -> RangeAnswer {
+    match header.map(parse_range) {
+        None | Some(Err(BadRange)) => RangeAnswer::Whole,
+        Some(Ok(range)) => match resolve_range(range, size) {
+            Some((start, end)) => RangeAnswer::Part(start, end),
+            None => RangeAnswer::Unsatisfiable,
+        },
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_wellformed_unsatisfiable_range_is_416() {
+        assert_eq!(answer(None, 10), RangeAnswer::Whole);
+        assert_eq!(answer(Some("bytes=0-1,4-5"), 10), RangeAnswer::Whole);
+        assert_eq!(answer(Some("items=0-1"), 10), RangeAnswer::Whole);
+        assert_eq!(answer(Some("bytes=2-3"), 10), RangeAnswer::Part(2, 3));
+        assert_eq!(answer(Some("bytes=10-"), 10), RangeAnswer::Unsatisfiable);
+    }
+}

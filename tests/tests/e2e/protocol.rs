@@ -955,7 +955,6 @@ fn api_base() {
 }
 
 #[test]
-#[ignore = "server bug: a multi-range Range whose ranges are all satisfiable gets 416; RFC 9110 allows 200 (ignore Range) or 206 multipart, 416 only when no range is satisfiable"]
 fn satisfiable_multi_range_is_not_416() {
     let (_server, oci) = start();
     let name = "multi/img";
@@ -975,4 +974,44 @@ fn satisfiable_multi_range_is_not_416() {
     if r.status == 200 {
         assert!(r.body == data);
     }
+}
+
+#[test]
+fn an_upload_session_belongs_to_the_name_it_was_started_for() {
+    let (_server, oci) = start();
+    let data = random_bytes(2000);
+    let digest = sha256_digest(&data);
+    let location = start_upload(&oci, "p/img");
+    let session = location.rsplit('/').next().unwrap().to_string();
+    eprintln!("--- finishing p's session under q → 404 BLOB_UPLOAD_UNKNOWN, nothing linked in q");
+    let foreign = format!("/v2/q/img/blobs/uploads/{session}?digest={digest}");
+    oci.send(oci.req("PUT", &foreign).body(data.clone()))
+        .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    oci.call("HEAD", &format!("/v2/q/img/blobs/{digest}"))
+        .expect(404);
+    eprintln!("--- the session still works under its own name");
+    oci.send(
+        oci.req("PUT", &format!("{location}?digest={digest}"))
+            .body(data),
+    )
+    .expect(201);
+    oci.call("HEAD", &format!("/v2/p/img/blobs/{digest}"))
+        .expect(200);
+}
+
+#[test]
+fn a_chunk_shorter_than_its_content_range_is_refused() {
+    let (_server, oci) = start();
+    let location = start_upload(&oci, "short/img");
+    eprintln!("--- chunked body of 5 bytes claiming 0-15 → 416 with the real Range");
+    let body = reqwest::blocking::Body::new(std::io::Cursor::new(vec![7u8; 5]));
+    let resp = oci
+        .send(
+            oci.req("PATCH", &location)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Range", "0-15")
+                .body(body),
+        )
+        .expect(416);
+    assert_eq!(resp.header("range"), Some("0-4"));
 }

@@ -7,7 +7,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::json;
-use wharf_http::range::{parse_range, resolve_range};
+use wharf_http::range::{RangeAnswer, answer};
 use wharf_registry::RequestCtx;
 use wharf_types::{Digest, ErrorCode, RepoName};
 
@@ -125,18 +125,17 @@ pub async fn get(
             .body(Body::empty())
             .unwrap_or_default());
     }
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => None,
-        Some(v) => match parse_range(v).ok().and_then(|r| resolve_range(r, size)) {
-            Some(r) => Some(r),
-            None => {
-                return Ok(base(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                    .header(header::CONTENT_LENGTH, 0)
-                    .body(Body::empty())
-                    .unwrap_or_default());
-            }
-        },
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = match answer(range_header, size) {
+        RangeAnswer::Whole => None,
+        RangeAnswer::Part(start, end) => Some((start, end)),
+        RangeAnswer::Unsatisfiable => {
+            return Ok(base(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .header(header::CONTENT_LENGTH, 0)
+                .body(Body::empty())
+                .unwrap_or_default());
+        }
     };
     let builder = match range {
         Some((start, end)) => base(StatusCode::PARTIAL_CONTENT)

@@ -7,7 +7,7 @@ use http::{HeaderMap, StatusCode, header};
 use wharf_registry::RequestCtx;
 use wharf_types::{Digest, ErrorCode, ImageName};
 
-use wharf_http::range::{parse_range, resolve_range};
+use wharf_http::range::{RangeAnswer, answer};
 
 use crate::{OciError, OciResult, OciState};
 
@@ -51,21 +51,17 @@ pub(crate) async fn serve_blob(
     head: bool,
     content_type: &str,
 ) -> OciResult {
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => None,
-        Some(value) => {
-            let resolved = parse_range(value).ok().and_then(|r| resolve_range(r, size));
-            match resolved {
-                Some(r) => Some(r),
-                None => {
-                    return Ok(Response::builder()
-                        .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                        .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                        .header(header::CONTENT_LENGTH, 0)
-                        .body(Body::empty())
-                        .unwrap_or_default());
-                }
-            }
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = match answer(range_header, size) {
+        RangeAnswer::Whole => None,
+        RangeAnswer::Part(start, end) => Some((start, end)),
+        RangeAnswer::Unsatisfiable => {
+            return Ok(Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .header(header::CONTENT_LENGTH, 0)
+                .body(Body::empty())
+                .unwrap_or_default());
         }
     };
     let mut builder = Response::builder()

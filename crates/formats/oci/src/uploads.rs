@@ -81,11 +81,13 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Checks that the session exists on this node (forwarding to the owner arrives with the
-/// cluster issue; until then another node's id is simply unknown here).
-fn check_session(state: &OciState, session: &str) -> Result<(), OciError> {
-    let owned = FsBlobStore::session_node(session) == Some(state.registry.node_id());
-    if owned {
+/// Checks that the session exists on this node and was started for `name` (forwarding to
+/// the owning node arrives with the cluster issue; until then another node's id is simply
+/// unknown here).
+fn check_session(state: &OciState, name: &ImageName, session: &str) -> Result<(), OciError> {
+    let here = FsBlobStore::session_node(session) == Some(state.registry.node_id());
+    let owner = state.registry.blobs().upload_owner(session).ok();
+    if here && owner.as_deref() == Some(name.as_str()) {
         Ok(())
     } else {
         Err(OciError::new(
@@ -118,7 +120,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The start offset a chunk claims, checked against its length. `Err` = a 416.
-fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, String> {
+fn chunk_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, String> {
     let Some(value) = headers.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -135,7 +137,7 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, String> {
             end - start + 1
         ));
     }
-    Ok(Some(start))
+    Ok(Some((start, end)))
 }
 
 /// `POST /v2/<name>/blobs/uploads/`.
@@ -178,7 +180,7 @@ pub async fn start(
     let session = state
         .registry
         .blobs()
-        .create_upload()
+        .create_upload_for(name.as_str())
         .await
         .map_err(RegistryError::from)?;
     Ok(session_response(StatusCode::ACCEPTED, name, &session, 0))
@@ -186,7 +188,7 @@ pub async fn start(
 
 /// `GET <location>`: 204 with the current `Range`.
 pub async fn status(state: &OciState, name: &ImageName, session: &str) -> OciResult {
-    check_session(state, session)?;
+    check_session(state, name, session)?;
     let size = state
         .registry
         .blobs()
@@ -210,15 +212,28 @@ async fn append_chunk(
     request: Request,
 ) -> Result<u64, OciError> {
     let blobs = state.registry.blobs();
-    let start = match chunk_start(request.headers()) {
-        Ok(start) => start,
+    let claimed = match chunk_range(request.headers()) {
+        Ok(range) => range,
         Err(message) => {
             let size = blobs.upload_size(session).await.ok();
             return Err(range_not_satisfiable(message, name, session, size));
         }
     };
     let body = wharf_http::stream_body(request.into_body());
-    match blobs.append(session, start, body).await {
+    match blobs
+        .append(session, claimed.map(|(start, _)| start), body)
+        .await
+    {
+        // A chunked body can only be measured once it has arrived: one that disagrees with its
+        // Content-Range is refused with the size the session really has now.
+        Ok(size) if claimed.is_some_and(|(_, end)| size != end + 1) => Err(range_not_satisfiable(
+            format!(
+                "the chunk's body does not cover its Content-Range; the upload now holds {size} bytes"
+            ),
+            name,
+            session,
+            Some(size),
+        )),
         Ok(size) => Ok(size),
         Err(e) => {
             let size = blobs.upload_size(session).await.ok();
@@ -235,7 +250,7 @@ pub async fn patch(
     session: &str,
     request: Request,
 ) -> OciResult {
-    check_session(state, session)?;
+    check_session(state, name, session)?;
     let size = append_chunk(state, name, session, request).await?;
     Ok(session_response(StatusCode::ACCEPTED, name, session, size))
 }
@@ -248,7 +263,7 @@ pub async fn finish(
     session: &str,
     request: Request,
 ) -> OciResult {
-    check_session(state, session)?;
+    check_session(state, name, session)?;
     let Some(digest) = query_param(request.uri().query(), "digest") else {
         return Err(OciError::new(
             ErrorCode::DigestInvalid,
@@ -271,8 +286,8 @@ pub async fn finish(
 }
 
 /// `DELETE <location>`: cancels the session.
-pub async fn cancel(state: &OciState, _name: &ImageName, session: &str) -> OciResult {
-    check_session(state, session)?;
+pub async fn cancel(state: &OciState, name: &ImageName, session: &str) -> OciResult {
+    check_session(state, name, session)?;
     state
         .registry
         .blobs()
