@@ -1015,3 +1015,59 @@ fn a_chunk_shorter_than_its_content_range_is_refused() {
         .expect(416);
     assert_eq!(resp.header("range"), Some("0-4"));
 }
+
+#[test]
+fn a_corrupt_stored_blob_is_never_served_as_a_complete_response() {
+    let (server, oci) = start();
+    let data = random_bytes(9 * MIB);
+    let digest = oci.push_blob("rot/img", &data);
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let path = server
+        .data_dir()
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(hex);
+    eprintln!(
+        "--- flip one byte in the third 4 MiB chunk of {}",
+        path.display()
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8 * MIB + 17] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    eprintln!("--- GET: the response is cut off (never the full, wrong body)");
+    let client = wharf_tests::http_client();
+    let resp = client
+        .get(oci.url(&format!("/v2/rot/img/blobs/{digest}")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the first chunks are intact, so the response starts"
+    );
+    let body = resp.bytes();
+    match body {
+        Ok(b) => {
+            assert!(
+                b.len() < data.len(),
+                "a corrupt blob was served whole ({} bytes)",
+                b.len()
+            );
+            assert_eq!(
+                &b[..],
+                &data[..b.len()],
+                "bytes sent before the bad chunk are the right ones"
+            );
+        }
+        Err(e) => eprintln!("body aborted as expected: {e}"),
+    }
+    eprintln!("--- a range inside the intact first chunk is still served");
+    let r = oci
+        .send(
+            oci.req("GET", &format!("/v2/rot/img/blobs/{digest}"))
+                .header("Range", "bytes=0-99"),
+        )
+        .expect(206);
+    assert_eq!(r.body, data[..100]);
+}
