@@ -16,6 +16,7 @@ pub mod env;
 pub mod oci;
 pub mod ocihttp;
 pub mod powercut;
+pub mod serve;
 pub mod server;
 
 pub use cmd::{Run, helm_bin, require_tool, run, run_status, run_with_stdin};

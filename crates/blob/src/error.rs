@@ -58,6 +58,16 @@ pub enum BlobError {
     /// An fsync failed: the node can no longer tell what is on disk and must stop (DESIGN.md §1.2).
     #[error("fsync failed, the node must stop: {0}")]
     Fsync(#[source] io::Error),
+    /// Free space on the store's file system is below the configured minimum.
+    #[error(
+        "only {available} bytes are free, below the {required} bytes this node keeps free; uploads are refused until space is freed"
+    )]
+    InsufficientStorage {
+        /// Bytes available to the server.
+        available: u64,
+        /// The configured minimum.
+        required: u64,
+    },
     /// Any other file system error.
     #[error("blob store I/O error: {0}")]
     Io(#[from] io::Error),
@@ -76,6 +86,7 @@ impl BlobError {
             BlobError::SizeMismatch { .. } => ErrorCode::SizeInvalid,
             BlobError::RangeNotSatisfiable { .. } => ErrorCode::BadRequest,
             BlobError::NotFound => ErrorCode::BlobUnknown,
+            BlobError::InsufficientStorage { .. } => ErrorCode::InsufficientStorage,
             BlobError::Corrupt(_) | BlobError::Fsync(_) | BlobError::Io(_) => ErrorCode::Internal,
         }
     }

@@ -42,6 +42,8 @@ struct Inner {
     uploads: PathBuf,
     node_id: NodeId,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Uploads are refused while fewer bytes than this are free (0: no check).
+    min_free: AtomicU64,
 }
 
 struct Session {
@@ -178,8 +180,36 @@ impl FsBlobStore {
                 uploads,
                 node_id,
                 sessions: Mutex::new(HashMap::new()),
+                min_free: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Refuses new uploads and appends while fewer than `bytes` are free on the store's file
+    /// system (DESIGN.md §1.10: the space left stays for the raft log and commits).
+    pub fn set_min_free(&self, bytes: u64) {
+        self.inner.min_free.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes available to this process on the store's file system.
+    pub fn free_bytes(&self) -> Result<u64, BlobError> {
+        let stat = nix::sys::statvfs::statvfs(&self.inner.uploads).map_err(io::Error::from)?;
+        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    }
+
+    fn check_space(&self) -> Result<(), BlobError> {
+        let required = self.inner.min_free.load(Ordering::Relaxed);
+        if required == 0 {
+            return Ok(());
+        }
+        let available = self.free_bytes()?;
+        if available < required {
+            return Err(BlobError::InsufficientStorage {
+                available,
+                required,
+            });
+        }
+        Ok(())
     }
 
     /// The node this store belongs to (the prefix of its session ids).
@@ -195,6 +225,7 @@ impl FsBlobStore {
 
     /// Like [`Self::create_upload`], recording `owner` (see [`Self::upload_owner`]).
     pub async fn create_upload_for(&self, owner: &str) -> Result<String, BlobError> {
+        self.check_space()?;
         let id = format!("{}-{:032x}", self.inner.node_id, rand::random::<u128>());
         let path = self.inner.uploads.join(&id);
         let file = {
@@ -283,6 +314,7 @@ impl FsBlobStore {
         E: Into<Box<dyn StdError + Send + Sync>>,
     {
         let session = self.session(id)?;
+        self.check_space()?;
         let mut writer = session
             .writer
             .try_lock()

@@ -19,6 +19,9 @@
 //!
 //! [uploads]
 //! session_idle_timeout_secs = 86400
+//!
+//! [storage]
+//! min_free_bytes = 134217728                     # uploads get 507 below this
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +53,24 @@ pub struct Config {
     pub server: ServerConfig,
     pub http: HttpConfig,
     pub uploads: UploadConfig,
+    pub storage: StorageConfig,
+}
+
+/// Disk-space limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Uploads get 507 while fewer bytes than this are free on the data dir's file system, so
+    /// the space left stays for the raft log and the commits already under way.
+    pub min_free_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            min_free_bytes: 128 * 1024 * 1024,
+        }
+    }
 }
 
 /// Where the node listens, stores data, and how it names itself.

@@ -78,7 +78,11 @@ pub struct Registry {
     node_id: NodeId,
     auto_create_repos: bool,
     on_fatal: FatalHandler,
+    proposals: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many metadata writes one node lets wait for Raft at once (DESIGN.md §1.10).
+pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1024;
 
 /// Called when the node must stop (an fsync failed: it can no longer tell what is on disk,
 /// DESIGN.md §1.2). The server stops the process; nothing is acknowledged after it.
@@ -99,6 +103,7 @@ impl Registry {
             node_id,
             auto_create_repos,
             on_fatal,
+            proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT)),
         }
     }
 
@@ -162,7 +167,18 @@ impl Registry {
     }
 
     /// Proposes one command and turns a rejection into an error.
+    ///
+    /// At most [`MAX_PROPOSALS_IN_FLIGHT`] proposals wait at once; beyond that the write is
+    /// refused with TOOMANYREQUESTS (429 + Retry-After) instead of queueing without bound.
     async fn propose(&self, ctx: &RequestCtx, step: &str, command: Command) -> Result<Outcome> {
+        let Ok(_slot) = self.proposals.clone().try_acquire_owned() else {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "more than {MAX_PROPOSALS_IN_FLIGHT} writes are in flight on this node; retry shortly"
+                ),
+            ));
+        };
         match self.meta.propose(ctx.propose(step), command).await? {
             CommandResult::Ok(outcome) => Ok(outcome),
             CommandResult::Rejected(rejection) => Err(RegistryError::Rejected(rejection)),
@@ -300,5 +316,78 @@ impl Registry {
         range: Option<(u64, u64)>,
     ) -> Result<BlobReader> {
         Ok(self.blobs.read(digest, range).await?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use wharf_meta::{MetaError, RepoSettings};
+
+    use super::*;
+
+    /// A metadata handle whose proposals never finish: lets the test fill the in-flight bound.
+    struct StuckMeta {
+        db: Arc<redb::Database>,
+        waiting: AtomicUsize,
+        _dir: tempfile::TempDir,
+    }
+
+    #[async_trait::async_trait]
+    impl MetaHandle for StuckMeta {
+        async fn propose(
+            &self,
+            _: ProposeContext,
+            _: Command,
+        ) -> std::result::Result<CommandResult, MetaError> {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }
+        async fn read_barrier(&self) -> std::result::Result<(), MetaError> {
+            Ok(())
+        }
+        fn state(&self) -> Arc<redb::Database> {
+            self.db.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_beyond_the_in_flight_bound_get_too_many_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
+        let blobs = FsBlobStore::open(&dir.path().join("blobs"), 1).unwrap();
+        let meta = Arc::new(StuckMeta {
+            db,
+            waiting: AtomicUsize::new(0),
+            _dir: dir,
+        });
+        let registry = Registry::new(meta.clone(), blobs, 1, false, Arc::new(|_| {}));
+        let settings = RepoSettings {
+            format: wharf_types::Format::Oci,
+            immutable: false,
+            allow_sparse_index: false,
+        };
+        let mut stuck = Vec::new();
+        for i in 0..MAX_PROPOSALS_IN_FLIGHT {
+            let (r, s) = (registry.clone(), settings.clone());
+            let name = RepoName::new(&format!("r{i}")).unwrap();
+            stuck.push(tokio::spawn(async move {
+                r.create_repo(&RequestCtx::new("t"), &name, s).await
+            }));
+        }
+        while meta.waiting.load(Ordering::SeqCst) < MAX_PROPOSALS_IN_FLIGHT {
+            tokio::task::yield_now().await;
+        }
+        let name = RepoName::new("one-more").unwrap();
+        let err = registry
+            .create_repo(&RequestCtx::new("t"), &name, settings)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::TooManyRequests);
+        for task in stuck {
+            task.abort();
+        }
     }
 }

@@ -63,6 +63,7 @@ pub async fn run(
     tracing::info!(node_id, data_dir = %data_dir.display(), "starting");
 
     let blobs = FsBlobStore::open(&data_dir, node_id)?;
+    blobs.set_min_free(config.storage.min_free_bytes);
     let info = NodeInfo {
         addr: config.server.listen.to_string(),
         region: identity.region.clone(),

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     NotFound,
     /// The node hit an internal fault (I/O error, corrupt data).
     Internal,
+    /// Free disk space is below `storage.min_free`: uploads are refused (507).
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -65,6 +67,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::NotFound,
         ErrorCode::Internal,
+        ErrorCode::InsufficientStorage,
     ];
 
     /// The code whose wire string is `s`, if any.
@@ -98,6 +101,7 @@ impl ErrorCode {
             Conflict => "CONFLICT",
             NotFound => "NOT_FOUND",
             Internal => "INTERNAL",
+            InsufficientStorage => "INSUFFICIENT_STORAGE",
         }
     }
 }

@@ -14,6 +14,7 @@ mod podman;
 mod power_loss;
 mod protocol;
 mod skopeo;
+mod storage;
 mod tls;
 mod wharf;
 

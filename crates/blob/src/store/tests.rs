@@ -729,3 +729,27 @@ async fn verify_rehashes_a_sha512_blob_with_sha512() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn uploads_are_refused_below_min_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsBlobStore::open(dir.path(), 1).unwrap();
+    let free = store.free_bytes().unwrap();
+    assert!(free > 0);
+    let id = store.create_upload().await.unwrap();
+    store.set_min_free(free.saturating_mul(4).max(1 << 40));
+    let err = store.create_upload().await.unwrap_err();
+    assert!(
+        matches!(err, BlobError::InsufficientStorage { .. }),
+        "{err:?}"
+    );
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]);
+    let err = store.append(&id, None, body).await.unwrap_err();
+    assert!(
+        matches!(err, BlobError::InsufficientStorage { .. }),
+        "{err:?}"
+    );
+    store.set_min_free(0);
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]);
+    assert_eq!(store.append(&id, None, body).await.unwrap(), 1);
+}

@@ -58,6 +58,7 @@ impl From<RegistryError> for GenericError {
             Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             NoQuorum | OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
+            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Internal => {
                 tracing::error!(error = %e, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR

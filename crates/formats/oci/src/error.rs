@@ -109,6 +109,7 @@ fn default_status(code: ErrorCode) -> StatusCode {
         NoQuorum | OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
         TagImmutable | Conflict | RepositoryExists => StatusCode::CONFLICT,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
     }
 }
 
@@ -122,7 +123,9 @@ fn wire_code(code: ErrorCode) -> (&'static str, Option<&'static str>) {
             (code.as_str(), None)
         }
         NoQuorum | OutcomeUnknown => ("TOOMANYREQUESTS", Some(code.as_str())),
-        TagImmutable | Conflict | RepositoryExists => ("DENIED", Some(code.as_str())),
+        TagImmutable | Conflict | RepositoryExists | InsufficientStorage => {
+            ("DENIED", Some(code.as_str()))
+        }
         NotFound => ("NAME_UNKNOWN", Some(code.as_str())),
         BadRequest => ("UNSUPPORTED", Some(code.as_str())),
         Internal => ("UNSUPPORTED", Some(code.as_str())),
