@@ -1,0 +1,90 @@
+//! Scenarios: an untimed `setup` that pushes fixtures and precomputes digests, then `op(i)`
+//! run for each op index. Op indices `0..warmup` are the warmup, the rest are measured; content
+//! and tag names derive from the index, so warmup and measured ops never collide.
+
+pub mod blob;
+pub mod loopback;
+pub mod manifest;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::cli::{ScenarioName, Settings};
+use crate::client::{Conn, Target};
+
+/// A scenario, set up and ready to run ops.
+pub enum Scenario {
+    /// New blob per op.
+    BlobPush(blob::Push),
+    /// GET of the fixture blob.
+    BlobPull(blob::Stored),
+    /// HEAD of the fixture blob.
+    BlobHead(blob::Stored),
+    /// GET or HEAD of the `bench` tag.
+    Manifest(manifest::Tagged),
+    /// PUT of a new tag per op.
+    TagCommit(manifest::TagCommit),
+    /// Local TCP ceiling.
+    Loopback(loopback::Loopback),
+}
+
+impl Scenario {
+    /// Runs the untimed setup against `target` (nothing for loopback).
+    pub async fn setup(s: &Settings, target: Option<Arc<Target>>) -> anyhow::Result<Self> {
+        if s.scenario == ScenarioName::Loopback {
+            return Ok(Self::Loopback(loopback::Loopback::setup(s.size).await?));
+        }
+        let target = target.context("a registry scenario needs --target")?;
+        let mut conn = Conn::new(target);
+        let total = s.warmup + s.ops;
+        Ok(match s.scenario {
+            ScenarioName::BlobPush => {
+                let (seed, size) = (s.seed, s.size);
+                let digests =
+                    tokio::task::spawn_blocking(move || blob::digests(seed, total, size)).await?;
+                Self::BlobPush(blob::Push {
+                    name: s.name.clone(),
+                    size,
+                    seed,
+                    digests,
+                })
+            }
+            ScenarioName::BlobPull => {
+                Self::BlobPull(blob::Stored::setup(&mut conn, &s.name, s.size).await?)
+            }
+            ScenarioName::BlobHead => {
+                Self::BlobHead(blob::Stored::setup(&mut conn, &s.name, s.size).await?)
+            }
+            ScenarioName::ManifestGet | ScenarioName::ManifestHead => {
+                let head = s.scenario == ScenarioName::ManifestHead;
+                Self::Manifest(manifest::Tagged::setup(&mut conn, &s.name, s.size, head).await?)
+            }
+            ScenarioName::TagCommit => Self::TagCommit(
+                manifest::TagCommit::setup(&mut conn, &s.name, s.size, s.seed, total).await?,
+            ),
+            ScenarioName::Loopback => anyhow::bail!("loopback has no registry setup"),
+        })
+    }
+
+    /// Runs op `i`; returns the blob bytes it moved.
+    pub async fn op(&self, conn: &mut Conn, i: u64) -> anyhow::Result<u64> {
+        match self {
+            Self::BlobPush(p) => p.op(conn, i).await,
+            Self::BlobPull(b) => b.get(conn).await,
+            Self::BlobHead(b) => b.head(conn).await,
+            Self::Manifest(m) => m.op(conn).await,
+            Self::TagCommit(t) => t.op(conn, i).await,
+            Self::Loopback(l) => l.op().await,
+        }
+    }
+
+    /// The payload size reported as `size`: the blob size, or the manifest's length.
+    pub fn reported_size(&self, s: &Settings) -> u64 {
+        match self {
+            Self::Manifest(m) => m.len(),
+            Self::TagCommit(t) => t.len(),
+            _ => s.size,
+        }
+    }
+}
