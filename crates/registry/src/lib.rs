@@ -9,6 +9,7 @@
 mod error;
 mod files;
 mod oci;
+mod small_blobs;
 
 pub use oci::{Mounted, NewManifest};
 
@@ -79,6 +80,7 @@ pub struct Registry {
     auto_create_repos: bool,
     on_fatal: FatalHandler,
     proposals: Arc<tokio::sync::Semaphore>,
+    documents: Arc<small_blobs::SmallBlobCache>,
 }
 
 /// How many metadata writes one node lets wait for Raft at once (DESIGN.md §1.10).
@@ -104,6 +106,7 @@ impl Registry {
             auto_create_repos,
             on_fatal,
             proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT)),
+            documents: Arc::default(),
         }
     }
 
@@ -307,6 +310,26 @@ impl Registry {
     /// Every repository (a linearizable listing).
     pub async fn list_repos(&self) -> Result<Vec<(String, RepoRecord)>> {
         self.read_strong(query::repos).await
+    }
+
+    /// The whole bytes of a small stored document (a manifest), verified chunk by chunk when
+    /// read from disk and then kept in a bounded in-memory cache. The caller has already
+    /// checked that the requester may see `digest`.
+    pub async fn read_document(&self, digest: &Digest) -> Result<Bytes> {
+        if let Some(bytes) = self.documents.get(digest) {
+            return Ok(bytes);
+        }
+        let mut reader = self.blobs.read(digest, None).await?;
+        let mut buf = bytes::BytesMut::with_capacity(usize::try_from(reader.len).unwrap_or(0));
+        while let Some(chunk) = futures::StreamExt::next(&mut reader.stream).await {
+            let chunk = chunk.map_err(|e| {
+                RegistryError::new(ErrorCode::Internal, format!("reading {digest}: {e}"))
+            })?;
+            buf.extend_from_slice(&chunk);
+        }
+        let bytes = buf.freeze();
+        self.documents.insert(digest.clone(), bytes.clone());
+        Ok(bytes)
     }
 
     /// Opens a stored blob for reading (whole or an inclusive range), chunk-verified.

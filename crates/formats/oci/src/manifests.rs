@@ -5,8 +5,6 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use bytes::BytesMut;
-use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use sha2::{Digest as _, Sha256, Sha512};
 use wharf_registry::{RegistryError, RequestCtx};
@@ -186,18 +184,8 @@ pub async fn get(
     }
     // Manifests are small (bounded by max_manifest_bytes), so they are read whole: the response
     // then either carries all the verified bytes or is an error, never a truncated document.
-    let mut reader = state.registry.read_blob(&digest, None).await?;
-    let mut bytes = BytesMut::with_capacity(usize::try_from(record.size).unwrap_or(0));
-    while let Some(chunk) = reader.stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            OciError::new(
-                ErrorCode::Internal,
-                format!("reading manifest {digest}: {e}"),
-            )
-        })?;
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(builder.body(Body::from(bytes.freeze())).unwrap_or_default())
+    let bytes = state.registry.read_document(&digest).await?;
+    Ok(builder.body(Body::from(bytes)).unwrap_or_default())
 }
 
 /// `DELETE`: by digest removes the manifest and its tags; by tag removes the tag.
