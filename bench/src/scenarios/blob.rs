@@ -208,12 +208,17 @@ impl Stored {
         })
     }
 
-    /// `blob-pull`: GET, check headers, compare the body as it streams.
-    pub async fn get(&self, conn: &mut Conn) -> anyhow::Result<u64> {
+    /// Sends `method` for the blob and checks status 200, `Content-Length` and the digest
+    /// header; returns the response (body unread) and a description for messages.
+    async fn fetch(
+        &self,
+        conn: &mut Conn,
+        method: Method,
+    ) -> anyhow::Result<(hyper::Response<hyper::body::Incoming>, String)> {
         let path = format!("/v2/{}/blobs/{}", self.name, self.digest);
-        let what = format!("GET {path}");
+        let what = format!("{method} {path}");
         let resp = conn
-            .send(conn.request(Method::GET, &path).body(ReqBody::Empty)?)
+            .send(conn.request(method, &path).body(ReqBody::Empty)?)
             .await?;
         let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
         client::expect_header(
@@ -223,6 +228,12 @@ impl Stored {
             &what,
         )?;
         client::expect_header(resp.headers(), DIGEST, &self.digest, &what)?;
+        Ok((resp, what))
+    }
+
+    /// `blob-pull`: GET, check headers, compare the body as it streams.
+    pub async fn get(&self, conn: &mut Conn) -> anyhow::Result<u64> {
+        let (resp, what) = self.fetch(conn, Method::GET).await?;
         let mut cmp = Comparer::new(self.state);
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
@@ -247,19 +258,7 @@ impl Stored {
 
     /// `blob-head`: HEAD, check length and digest.
     pub async fn head(&self, conn: &mut Conn) -> anyhow::Result<u64> {
-        let path = format!("/v2/{}/blobs/{}", self.name, self.digest);
-        let what = format!("HEAD {path}");
-        let resp = conn
-            .send(conn.request(Method::HEAD, &path).body(ReqBody::Empty)?)
-            .await?;
-        let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
-        client::expect_header(
-            resp.headers(),
-            "content-length",
-            &self.size.to_string(),
-            &what,
-        )?;
-        client::expect_header(resp.headers(), DIGEST, &self.digest, &what)?;
+        let (resp, what) = self.fetch(conn, Method::HEAD).await?;
         client::drain(resp, &what).await?;
         Ok(0)
     }
