@@ -5,6 +5,7 @@
 //! modules also run against a reference registry via `WHARF_TEST_EXTERNAL_REGISTRY` (see tests/README.md).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod bench_smoke;
 mod buildah;
 mod crash;
 mod docker;
