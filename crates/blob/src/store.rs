@@ -152,9 +152,18 @@ impl FsBlobStore {
             std::fs::create_dir_all(blobs.join(algorithm.as_str()))?;
         }
         std::fs::create_dir_all(&uploads)?;
-        // Make the directory chain itself durable before any blob is acknowledged inside it.
+        // Every fan-out directory exists, durably, before any blob is committed: a commit never
+        // creates one, so it can never rely on a directory entry another commit has created but
+        // not yet fsync'd.
         for algorithm in DigestAlgorithm::ALL {
-            sync_dir(&blobs.join(algorithm.as_str()))?;
+            let alg_dir = blobs.join(algorithm.as_str());
+            for byte in 0..=255u8 {
+                let fan_out = alg_dir.join(format!("{byte:02x}"));
+                if !fan_out.is_dir() {
+                    std::fs::create_dir(&fan_out)?;
+                }
+            }
+            sync_dir(&alg_dir)?;
         }
         sync_dir(&blobs)?;
         sync_dir(root)?;
@@ -347,6 +356,9 @@ impl FsBlobStore {
                     batched += bytes.len();
                     batch.push(bytes);
                     if batched >= WRITE_BATCH {
+                        // Free space is checked per batch, not only when the request starts:
+                        // one long body must not eat the space kept for the raft log.
+                        self.check_space()?;
                         flush(&session, &mut writer, std::mem::take(&mut batch)).await?;
                         batched = 0;
                         session.touch();

@@ -209,6 +209,17 @@ impl Ctx<'_> {
     }
 
     fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Verdict> {
+        let record = match self.require_repo(repo, Some(Format::Oci))? {
+            Ok(record) => record,
+            Err(r) => return Ok(Err(r)),
+        };
+        if record.settings.immutable {
+            // Its tagged manifests may need this blob forever.
+            return Ok(Err(Rejection::new(
+                ErrorCode::Denied,
+                format!("blobs cannot be deleted from immutable repository {repo}"),
+            )));
+        }
         let link_key = key(&[repo.as_str(), &digest.to_string()]);
         let mut links = self.txn.open_table(tables::BLOB_LINKS)?;
         if links.remove(link_key.as_slice())?.is_none() {
@@ -342,6 +353,17 @@ impl Ctx<'_> {
             }
             out
         };
+        if repo.settings.immutable
+            && let Some(parent) = self.manifest_referencing(name, digest)?
+        {
+            return Ok(Err(Rejection::new(
+                ErrorCode::Denied,
+                format!(
+                    "manifest {digest} is part of {parent} in immutable repository {}; it cannot be deleted",
+                    name.repo()
+                ),
+            )));
+        }
         if repo.settings.immutable && !pointing.is_empty() {
             return Ok(Err(Rejection::new(
                 ErrorCode::Denied,
@@ -512,6 +534,33 @@ impl Ctx<'_> {
             tables::MANIFESTS,
             &key(&[name.as_str(), &digest.to_string()]),
         )
+    }
+
+    /// Another manifest under `name` that lists `digest` as a child (an index), if any.
+    fn manifest_referencing(&self, name: &ImageName, digest: &Digest) -> Result<Option<Digest>> {
+        let manifests_prefix = prefix(&[name.as_str()]);
+        let manifests = self.txn.open_table(tables::MANIFESTS)?;
+        for item in manifests.range(manifests_prefix.as_slice()..)? {
+            let (k, v) = item?;
+            let Some(parent) = k.value().strip_prefix(manifests_prefix.as_slice()) else {
+                break;
+            };
+            let record: ManifestRecord =
+                serde_json::from_slice(v.value()).map_err(|source| ApplyError::Corrupt {
+                    table: "manifests".into(),
+                    source,
+                })?;
+            if record.manifests.contains(digest) {
+                let parent = String::from_utf8_lossy(parent).parse().map_err(
+                    |e: wharf_types::DigestError| ApplyError::Corrupt {
+                        table: "manifests".into(),
+                        source: serde::de::Error::custom(e),
+                    },
+                )?;
+                return Ok(Some(parent));
+            }
+        }
+        Ok(None)
     }
 
     fn link(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<Verdict> {
@@ -769,8 +818,38 @@ mod tests {
             digest: a.clone(),
         });
         assert!(rejected(&r, ErrorCode::Denied));
+        let r = sm.apply(Command::UnlinkBlob {
+            repo: RepoName::new("prod").unwrap(),
+            digest: layer.clone(),
+        });
+        assert!(
+            rejected(&r, ErrorCode::Denied),
+            "a tagged image's layer cannot be unlinked"
+        );
         let txn = sm.db.begin_read().unwrap();
         assert_eq!(crate::query::tag(&txn, &name, "v1").unwrap(), Some(a));
+    }
+
+    #[test]
+    fn children_of_an_index_in_an_immutable_repository_cannot_be_deleted() {
+        let mut sm = Sm::new();
+        sm.repo("prod", Format::Oci, true, false);
+        let (child, index, layer) = (digest(1), digest(2), digest(9));
+        sm.link("prod", &layer);
+        sm.put("prod/app", None, &child, std::slice::from_ref(&layer), &[]);
+        sm.put(
+            "prod/app",
+            Some("v1"),
+            &index,
+            &[],
+            std::slice::from_ref(&child),
+        );
+        let name = ImageName::new("prod/app").unwrap();
+        let r = sm.apply(Command::DeleteManifest {
+            name,
+            digest: child,
+        });
+        assert!(rejected(&r, ErrorCode::Denied), "{r:?}");
     }
 
     #[test]

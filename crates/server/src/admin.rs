@@ -47,13 +47,25 @@ fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Res
 fn registry_error(e: RegistryError) -> Response {
     let code = e.code();
     let status = match code {
-        ErrorCode::RepositoryExists => StatusCode::CONFLICT,
+        ErrorCode::RepositoryExists | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::NameInvalid | ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Denied => StatusCode::FORBIDDEN,
+        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::NoQuorum | ErrorCode::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::NameUnknown | ErrorCode::NotFound => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, code, e.to_string())
+    let mut response = error(status, code, e.to_string());
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    response
 }
 
 async fn list_repos(State(state): State<AdminState>) -> Response {

@@ -28,12 +28,28 @@ pub(crate) async fn serve(
     tracing::info!(addr = %listener.local_addr()?, tls = config.http.tls.is_some(), "listening");
     match &config.http.tls {
         None => {
-            axum::serve(
+            // Graceful: stop accepting, let in-flight requests finish, but not for ever.
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let server = axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
-            .with_graceful_shutdown(shutdown)
-            .await?;
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop_tx.send(());
+            });
+            let drain_deadline = async {
+                if stop_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            };
+            tokio::select! {
+                served = server.into_future() => served?,
+                () = drain_deadline => {
+                    tracing::warn!("requests still running {DRAIN_TIMEOUT:?} after shutdown; closing them");
+                }
+            }
             Ok(())
         }
         Some(tls) => serve_tls(listener, tls_acceptor(tls)?, app, shutdown).await,

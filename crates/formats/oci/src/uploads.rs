@@ -129,12 +129,14 @@ fn chunk_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, String> {
         .map_err(|_| "Content-Range is not text".to_string())?;
     let (start, end) = parse_content_range(text)
         .ok_or_else(|| format!("Content-Range {text:?} is not <start>-<end>"))?;
+    let covered = (end - start)
+        .checked_add(1)
+        .ok_or_else(|| format!("Content-Range {text} is too large"))?;
     if let Some(len) = content_length(headers)
-        && len != end - start + 1
+        && len != covered
     {
         return Err(format!(
-            "Content-Range {text} covers {} bytes but Content-Length is {len}",
-            end - start + 1
+            "Content-Range {text} covers {covered} bytes but Content-Length is {len}"
         ));
     }
     Ok(Some((start, end)))
@@ -164,6 +166,12 @@ pub async fn start(
         // Not mountable: fall through to a normal upload session (202), as the spec says.
     } else if let Some(digest) = query_param(query, "digest") {
         let digest = parse_digest(&digest)?;
+        // The repository is checked (or created in dev mode) before any bytes are stored, so a
+        // push to a name that cannot take it stores nothing.
+        state
+            .registry
+            .repo_for_write(ctx, &repo, Format::Oci)
+            .await?;
         let expected_size = content_length(request.headers());
         let body = wharf_http::stream_body(request.into_body());
         let stored = state
@@ -226,14 +234,16 @@ async fn append_chunk(
     {
         // A chunked body can only be measured once it has arrived: one that disagrees with its
         // Content-Range is refused with the size the session really has now.
-        Ok(size) if claimed.is_some_and(|(_, end)| size != end + 1) => Err(range_not_satisfiable(
-            format!(
-                "the chunk's body does not cover its Content-Range; the upload now holds {size} bytes"
-            ),
-            name,
-            session,
-            Some(size),
-        )),
+        Ok(size) if claimed.is_some_and(|(_, end)| Some(size) != end.checked_add(1)) => {
+            Err(range_not_satisfiable(
+                format!(
+                    "the chunk's body does not cover its Content-Range; the upload now holds {size} bytes"
+                ),
+                name,
+                session,
+                Some(size),
+            ))
+        }
         Ok(size) => Ok(size),
         Err(e) => {
             let size = blobs.upload_size(session).await.ok();
