@@ -80,8 +80,12 @@ pub struct Registry {
     auto_create_repos: bool,
     on_fatal: FatalHandler,
     proposals: Arc<tokio::sync::Semaphore>,
+    reads: Arc<tokio::sync::Semaphore>,
     documents: Arc<small_blobs::SmallBlobCache>,
 }
+
+/// How many blob reads one node keeps open at once (each buffers up to ~12 MiB).
+pub const MAX_READS_IN_FLIGHT: usize = 256;
 
 /// How many metadata writes one node lets wait for Raft at once (DESIGN.md §1.10).
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1024;
@@ -106,6 +110,7 @@ impl Registry {
             auto_create_repos,
             on_fatal,
             proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT)),
+            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS_IN_FLIGHT)),
             documents: Arc::default(),
         }
     }
@@ -333,12 +338,30 @@ impl Registry {
     }
 
     /// Opens a stored blob for reading (whole or an inclusive range), chunk-verified.
+    ///
+    /// Each open read buffers up to a few 4 MiB chunks, so at most [`MAX_READS_IN_FLIGHT`] are
+    /// open at once; beyond that the read is refused with TOOMANYREQUESTS (429 + Retry-After)
+    /// instead of letting memory grow with the number of slow clients (DESIGN.md §1.10).
     pub async fn read_blob(
         &self,
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<BlobReader> {
-        Ok(self.blobs.read(digest, range).await?)
+        let Ok(permit) = self.reads.clone().try_acquire_owned() else {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "more than {MAX_READS_IN_FLIGHT} blob reads are open on this node; retry shortly"
+                ),
+            ));
+        };
+        let mut reader = self.blobs.read(digest, range).await?;
+        // The permit lives as long as the stream: released when the response is done or dropped.
+        reader.stream = Box::pin(futures::StreamExt::map(reader.stream, move |item| {
+            let _held = &permit;
+            item
+        }));
+        Ok(reader)
     }
 }
 
@@ -374,6 +397,34 @@ mod tests {
         fn state(&self) -> Arc<redb::Database> {
             self.db.clone()
         }
+    }
+
+    #[tokio::test]
+    async fn reads_beyond_the_open_bound_get_too_many_requests_until_one_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
+        let blobs = FsBlobStore::open(&dir.path().join("blobs"), 1).unwrap();
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"hello"))]);
+        let info = blobs.ingest(body, None).await.unwrap();
+        let meta = Arc::new(StuckMeta {
+            db,
+            waiting: AtomicUsize::new(0),
+            _dir: dir,
+        });
+        let registry = Registry::new(meta, blobs, 1, false, Arc::new(|_| {}));
+        let mut open = Vec::new();
+        for _ in 0..MAX_READS_IN_FLIGHT {
+            open.push(registry.read_blob(&info.digest, None).await.unwrap());
+        }
+        let err = registry.read_blob(&info.digest, None).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::TooManyRequests);
+        drop(open.pop());
+        let mut reader = registry.read_blob(&info.digest, None).await.unwrap();
+        let first = futures::StreamExt::next(&mut reader.stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first[..], b"hello");
     }
 
     #[tokio::test]
