@@ -1,49 +1,113 @@
 //! [`ClusterNode`]: one openraft node over the redb log store and state machine of
-//! `wharf-meta`, and the [`MetaHandle`] upper layers hold.
+//! `wharf-meta`, its cluster gRPC listener, and the [`MetaHandle`] upper layers hold.
 //!
 //! ```text
 //! <data_dir>/raft/log.redb     raft log + vote + committed      (wharf_meta::log_store)
 //! <data_dir>/raft/state.redb   state tables + last applied      (wharf_meta::state_machine)
 //! <data_dir>/raft/snapshot/    current state snapshot
+//! <data_dir>/raft/incoming/    snapshots being received from the leader
 //! ```
 //!
 //! Errors keep what the client needs to know apart (DESIGN.md §1.2): a proposal that never
-//! reached the log is [`MetaError::NoQuorum`], one that may have reached it is
+//! reached a log is [`MetaError::NoQuorum`], one that may have reached it is
 //! [`MetaError::OutcomeUnknown`] (retrying with the same request id is safe), and a broken node
 //! is [`MetaError::Fatal`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::{
-    ClientWriteError, Fatal, InitializeError, LinearizableReadError, RaftError,
-};
-use openraft::{Config, RaftMetrics, ReadPolicy, SnapshotPolicy};
+use openraft::errors::{Fatal, InitializeError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+use tokio::sync::watch;
 use wharf_meta::command::ENVELOPE_VERSION;
 use wharf_meta::log_store::{LogStore, LogStoreError};
 use wharf_meta::raft_types::NodeInfo;
 use wharf_meta::state_machine::{StateMachineError, StateMachineStore};
 use wharf_meta::{
-    Command, CommandResult, Envelope, MetaError, MetaHandle, ProposeContext, TypeConfig,
+    Command, CommandResult, Envelope, MetaError, MetaHandle, Outcome, ProposeContext, TypeConfig,
 };
+use wharf_proto::admin as pb;
+use wharf_types::NodeId;
 
-use crate::network::DeferredNetworkFactory;
+use crate::Raft;
+use crate::admin_service::{AdminService, action_to_wire};
+use crate::core::{AdminError, Core};
+use crate::membership::{ClusterStatus, MembershipAction, MembershipPlan};
+use crate::network::GrpcNetworkFactory;
+use crate::peers::{Identity, Peers};
+use crate::raft_service::RaftService;
 use crate::read_batch::{BarrierFailure, ReadBatcher};
-
-/// The openraft node type of Wharf.
-type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 
 /// How long a proposal may wait for its apply result before the answer is "outcome unknown".
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read barrier may wait before the answer is "no quorum".
 pub const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long startup waits for the node to lead and catch up.
+/// How long startup of a single-voter cluster waits for the node to lead and catch up.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for raft's tasks to close the databases.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for a leader to appear before it is refused with `NoQuorum`.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// Raft timing; defaults suit links of up to ~150 ms RTT (see the config reference).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat period; also the timeout of one append RPC, so keep it ≥ 2 × RTT.
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for a random time in [min, max] campaigns.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Each snapshot chunk must be taken by the receiver within this time.
+    pub snapshot_chunk_timeout: Duration,
+    /// Take a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind the snapshot, so a briefly-down member catches up from the
+    /// log rather than a snapshot.
+    pub log_entries_kept: u64,
+    /// A learner within this many entries of the leader can be promoted.
+    pub promote_max_lag: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat: Duration::from_millis(300),
+            election_timeout_min: Duration::from_millis(1500),
+            election_timeout_max: Duration::from_millis(3000),
+            snapshot_chunk_timeout: Duration::from_secs(10),
+            snapshot_every_entries: 100_000,
+            log_entries_kept: 20_000,
+            promote_max_lag: 1000,
+        }
+    }
+}
+
+/// How a node comes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// `wharf cluster init`: a fresh directory becomes the single voter of a new cluster.
+    Bootstrap,
+    /// An existing node (or one that just joined): the leader brings it up to date.
+    Member,
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub data_dir: PathBuf,
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    /// What the membership records about this node (cluster address, region, client URL).
+    pub info: NodeInfo,
+    /// Where the cluster gRPC listener binds.
+    pub listen: SocketAddr,
+    pub timing: RaftTiming,
+    pub mode: StartMode,
+}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +118,7 @@ pub enum ClusterError {
     /// The state machine could not be opened.
     #[error(transparent)]
     StateMachine(#[from] StateMachineError),
-    /// The raft configuration is invalid (a bug: it is built in code).
+    /// The raft configuration is invalid.
     #[error("invalid raft config: {0}")]
     Config(#[from] openraft::ConfigError),
     /// The raft node stopped (storage failure or panic) while starting.
@@ -63,15 +127,15 @@ pub enum ClusterError {
     /// Bootstrapping the single-member cluster failed.
     #[error("cannot initialize the cluster: {0}")]
     Initialize(#[from] RaftError<TypeConfig, InitializeError<TypeConfig>>),
-    /// The raft state on disk belongs to a cluster in which this node id is not a voter.
+    /// The raft state on disk belongs to a cluster in which this node id is not a member.
     #[error(
-        "the raft state in {dir} does not list node {node_id} as a voter (voters: {voters:?}); \
-         was the data directory copied from another node?"
+        "the raft state in {dir} does not list node {node_id} as a member (members: {members:?}); \
+         was it removed, or the data directory copied from another node?"
     )]
-    NotAVoter {
+    NotAMember {
         dir: String,
         node_id: u64,
-        voters: Vec<u64>,
+        members: Vec<u64>,
     },
     /// The node did not become leader and catch up in time.
     #[error("node {node_id} did not become leader within {waited:?}: {reason}")]
@@ -80,23 +144,81 @@ pub enum ClusterError {
         waited: Duration,
         reason: String,
     },
+    /// The cluster listener could not bind.
+    #[error("cannot listen for cluster traffic on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Joining a cluster failed.
+    #[error("cannot join through {addr}: {reason}")]
+    Join { addr: String, reason: String },
     /// A blocking startup task failed.
     #[error("startup task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    Task(#[from] tokio::task::JoinError),
+    #[error("raft directory: {0}")]
+    Io(std::io::Error),
 }
 
-/// A running raft node: proposes commands, runs read barriers, exposes its state database.
+/// What a joining node gets from the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTicket {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub members: Vec<String>,
+}
+
+/// Asks the cluster member at `addr` to admit this node (`wharf serve --join`).
+pub async fn join(
+    addr: &str,
+    token: &str,
+    info: &NodeInfo,
+    timeout: Duration,
+) -> Result<JoinTicket, ClusterError> {
+    let failed = |reason: String| ClusterError::Join {
+        addr: addr.to_string(),
+        reason,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| failed(e.to_string()))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let response = client
+        .join(pb::JoinRequest {
+            token: token.trim().to_string(),
+            cluster_addr: info.addr.clone(),
+            client_url: info.client_url.clone(),
+            region: info.region.clone(),
+        })
+        .await
+        .map_err(|s| failed(s.message().to_string()))?
+        .into_inner();
+    Ok(JoinTicket {
+        node_id: response.node_id,
+        cluster_id: response.cluster_id,
+        members: response.members,
+    })
+}
+
+/// A running raft node: proposes commands, runs read barriers, exposes its state database,
+/// serves the cluster gRPC listener.
 pub struct ClusterNode {
-    node_id: u64,
-    raft: Raft,
+    core: Arc<Core>,
     state: Arc<redb::Database>,
     /// Held only to learn when raft's tasks have let go of the log (see [`Self::shutdown`]).
     log: LogStore,
     /// Shares ReadIndex rounds between concurrent linearizable reads.
     reads: Arc<ReadBatcher<BarrierFn>>,
+    cluster_addr: SocketAddr,
+    stop_server: watch::Sender<bool>,
+    server: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// The barrier the read batcher runs: one ReadIndex round on this node's raft.
+/// The barrier the read batcher runs: one ReadIndex round.
 type BarrierFn = Box<
     dyn Fn() -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<(), BarrierFailure>> + Send>,
@@ -105,34 +227,38 @@ type BarrierFn = Box<
 >;
 
 impl ClusterNode {
-    /// Starts the single voter of a one-node cluster from `<data_dir>/raft/`.
+    /// Starts a node from `<data_dir>/raft/` and its cluster listener.
     ///
-    /// A fresh directory is initialized with `node_id` as its only member; an existing one is
-    /// resumed. Returns once the node leads and has applied its whole log.
-    pub async fn start_single(
-        data_dir: &Path,
-        node_id: u64,
-        info: NodeInfo,
-    ) -> Result<ClusterNode, ClusterError> {
-        let dir = data_dir.join("raft");
+    /// [`StartMode::Bootstrap`] initializes a fresh directory with this node as the only
+    /// voter. A single-voter cluster returns once the node leads and has applied its whole
+    /// log; a member of a larger cluster returns at once (`is_ready` tells when it caught up).
+    pub async fn start(opts: StartOptions) -> Result<ClusterNode, ClusterError> {
+        let dir = opts.data_dir.join("raft");
+        let incoming_dir = dir.join("incoming");
         let (log, sm) = {
             let dir = dir.clone();
+            let incoming = incoming_dir.clone();
             tokio::task::spawn_blocking(move || -> Result<_, ClusterError> {
-                Ok((LogStore::open(&dir)?, StateMachineStore::open(&dir)?))
+                let stores = (LogStore::open(&dir)?, StateMachineStore::open(&dir)?);
+                // Partial snapshots from before a crash are useless.
+                let _ = std::fs::remove_dir_all(&incoming);
+                std::fs::create_dir_all(&incoming).map_err(ClusterError::Io)?;
+                Ok(stores)
             })
             .await??
         };
         let state = sm.db();
         let log_handle = log.clone();
-
+        let t = &opts.timing;
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let config = Config {
             cluster_name: "wharf".to_string(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(100_000),
-            // Keep enough log that a briefly-down member catches up from the log, not a snapshot.
-            max_in_snapshot_log_to_keep: 10_000,
+            heartbeat_interval: millis(t.heartbeat),
+            election_timeout_min: millis(t.election_timeout_min),
+            election_timeout_max: millis(t.election_timeout_max),
+            install_snapshot_timeout: millis(t.snapshot_chunk_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: t.log_entries_kept,
             enable_pre_vote: Some(true),
             // A leader that restarts before anyone else campaigns keeps leading. Safe here
             // because apply is durable before it answers and `committed` is persisted.
@@ -140,106 +266,327 @@ impl ClusterNode {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(node_id, Arc::new(config), DeferredNetworkFactory, log, sm).await?;
-        let barrier_raft = raft.clone();
-        let barrier: BarrierFn =
-            Box::new(move || Box::pin(read_index_once(barrier_raft.clone(), node_id)));
+
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| ClusterError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let cluster_addr = listener.local_addr().map_err(|source| ClusterError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+
+        let peers = Arc::new(Peers::new(
+            opts.cluster_id.clone(),
+            opts.node_id,
+            t.election_timeout_min,
+        ));
+        let network = GrpcNetworkFactory {
+            peers: peers.clone(),
+            snapshot_chunk_timeout: t.snapshot_chunk_timeout,
+        };
+        let raft = Raft::new(opts.node_id, Arc::new(config), network, log, sm).await?;
+        let core = Arc::new(Core {
+            node_id: opts.node_id,
+            cluster_id: opts.cluster_id.clone(),
+            raft: raft.clone(),
+            peers,
+            promote_max_lag: t.promote_max_lag,
+            leader_silence_limit: t.election_timeout_max,
+            leader_contact_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let identity = Identity {
+            cluster_id: opts.cluster_id.clone(),
+            self_id: opts.node_id,
+            raft: raft.clone(),
+        };
+        let (stop_server, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve_cluster(
+            listener,
+            RaftService {
+                raft: raft.clone(),
+                identity: identity.clone(),
+                incoming_dir,
+                chunk_timeout: t.snapshot_chunk_timeout,
+                next_incoming: AtomicU64::new(0),
+                core: core.clone(),
+            },
+            AdminService {
+                core: core.clone(),
+                identity,
+                propose_timeout: PROPOSE_TIMEOUT,
+                read_timeout: READ_BARRIER_TIMEOUT,
+            },
+            stopped,
+        ));
+        let barrier_core = core.clone();
+        let barrier: BarrierFn = Box::new(move || {
+            let core = barrier_core.clone();
+            Box::pin(async move { core.barrier(READ_BARRIER_TIMEOUT).await })
+        });
         let node = ClusterNode {
-            node_id,
-            raft,
+            core,
             state,
             log: log_handle,
             reads: ReadBatcher::new(barrier),
+            cluster_addr,
+            stop_server,
+            server: tokio::sync::Mutex::new(Some(server)),
         };
 
-        if node.raft.is_initialized().await? {
-            let voters: Vec<u64> = node
-                .metrics()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .collect();
-            if !voters.contains(&node_id) {
+        let node_id = opts.node_id;
+        let mut bootstrapped = false;
+        if node.core.raft.is_initialized().await? {
+            let m = node.core.metrics();
+            let membership = m.membership_config.membership();
+            if membership.get_node(&node_id).is_none() {
+                let members = membership.nodes().map(|(id, _)| *id).collect();
                 node.shutdown().await;
-                return Err(ClusterError::NotAVoter {
+                return Err(ClusterError::NotAMember {
                     dir: dir.display().to_string(),
                     node_id,
-                    voters,
+                    members,
                 });
             }
             tracing::info!(node_id, "resuming raft node");
-        } else {
-            tracing::info!(node_id, node = %info, "initializing a single-node cluster");
-            node.raft
-                .initialize(BTreeMap::from([(node_id, info)]))
+        } else if opts.mode == StartMode::Bootstrap {
+            tracing::info!(node_id, node = %opts.info, "initializing a new cluster");
+            node.core
+                .raft
+                .initialize(BTreeMap::from([(node_id, opts.info.clone())]))
                 .await?;
+            bootstrapped = true;
+        } else {
+            tracing::info!(node_id, "waiting for the leader to replicate to this new member");
         }
 
-        // A single voter commits its whole log once it leads, including the blank entry of its
-        // new term: wait until that is applied, so the node serves writes and barriers at once.
-        let waited = node
-            .raft
-            .wait(Some(STARTUP_TIMEOUT))
-            .metrics(
-                |m| {
-                    m.current_leader == Some(node_id)
-                        && m.last_applied.as_ref().map(|id| id.index) >= m.last_log_index
-                },
-                "leader with its whole log applied",
-            )
-            .await;
-        if let Err(e) = waited {
-            node.shutdown().await;
-            return Err(ClusterError::NotReady {
-                node_id,
-                waited: STARTUP_TIMEOUT,
-                reason: e.to_string(),
-            });
+        let voters: Vec<NodeId> = node
+            .core
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if bootstrapped || voters == [node_id] {
+            // A single voter commits its whole log once it leads, including the blank entry of
+            // its new term: wait until that is applied, so it serves writes at once.
+            let waited = node
+                .core
+                .raft
+                .wait(Some(STARTUP_TIMEOUT))
+                .metrics(
+                    |m| {
+                        m.current_leader == Some(node_id)
+                            && m.last_applied.as_ref().map(|id| id.index) >= m.last_log_index
+                    },
+                    "leader with its whole log applied",
+                )
+                .await;
+            if let Err(e) = waited {
+                node.shutdown().await;
+                return Err(ClusterError::NotReady {
+                    node_id,
+                    waited: STARTUP_TIMEOUT,
+                    reason: e.to_string(),
+                });
+            }
         }
         Ok(node)
     }
 
+    /// Starts the single voter of a one-node cluster on an ephemeral loopback port (tests).
+    pub async fn start_single(
+        data_dir: &Path,
+        node_id: u64,
+        info: NodeInfo,
+    ) -> Result<ClusterNode, ClusterError> {
+        ClusterNode::start(StartOptions {
+            data_dir: data_dir.to_path_buf(),
+            node_id,
+            cluster_id: "test".to_string(),
+            info,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            timing: RaftTiming {
+                heartbeat: Duration::from_millis(100),
+                election_timeout_min: Duration::from_millis(300),
+                election_timeout_max: Duration::from_millis(600),
+                ..RaftTiming::default()
+            },
+            mode: StartMode::Bootstrap,
+        })
+        .await
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> u64 {
-        self.node_id
+        self.core.node_id
+    }
+
+    /// The id of this node's cluster.
+    pub fn cluster_id(&self) -> &str {
+        &self.core.cluster_id
+    }
+
+    /// Where the cluster gRPC listener is bound.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.cluster_addr
     }
 
     /// The leader this node knows of.
     pub fn current_leader(&self) -> Option<u64> {
-        self.metrics().current_leader
+        self.core.metrics().current_leader
     }
 
     /// The current raft term.
     pub fn current_term(&self) -> u64 {
-        self.metrics().current_term
+        self.core.metrics().current_term
     }
 
     /// Index of the last entry applied to the state machine.
     pub fn last_applied_index(&self) -> Option<u64> {
-        self.metrics().last_applied.map(|id| id.index)
+        self.core.metrics().last_applied.map(|id| id.index)
     }
 
-    /// For `/readyz`: there is a leader, and this node has applied every entry it knows to be
-    /// committed.
+    /// Whether this node is a voter in the configuration it knows.
+    pub fn is_voter(&self) -> bool {
+        let m = self.core.metrics();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.core.node_id)
+    }
+
+    /// For `/readyz`: a leader is known (and, on another node, heard from recently), and this
+    /// node has applied every entry it knows to be committed. A new learner stays unready until
+    /// it has caught up.
     pub fn is_ready(&self) -> bool {
-        let m = self.metrics();
-        m.running_state.is_ok() && m.current_leader.is_some() && caught_up(&m)
+        let m = self.core.metrics();
+        if m.running_state.is_err() || m.current_leader.is_none() {
+            return false;
+        }
+        let committed = m
+            .local_committed
+            .as_ref()
+            .max(m.cluster_committed.as_ref())
+            .map(|id| id.index);
+        let applied = m.last_applied.as_ref().map(|id| id.index);
+        applied.is_some() && applied >= committed
     }
 
-    /// Stops the raft node and waits (bounded) until its tasks have let go of both databases,
-    /// so that dropping this node (after every [`MetaHandle::state`] clone) closes them and the
-    /// directory can be opened again in this process.
-    pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(node_id = self.node_id, "raft core ended abnormally: {e}");
+    /// The cluster as the leader sees it (asked of the leader from any node).
+    pub async fn status(&self) -> Result<ClusterStatus, AdminError> {
+        if self.current_leader() == Some(self.core.node_id) {
+            return self.core.status_here();
         }
-        // openraft's state-machine and log workers exit after the core, on their own. Once
-        // this node holds the only handles, dropping it closes both files synchronously.
+        let peers = self.core.peers.clone();
+        let json = self
+            .core
+            .on_leader(READ_BARRIER_TIMEOUT, |mut client, leader| {
+                let request = peers.request(leader, pb::StatusRequest {});
+                async move { client.status(request).await.map(|r| r.into_inner().json) }
+            })
+            .await?;
+        serde_json::from_slice(&json).map_err(|e| AdminError::Internal(e.to_string()))
+    }
+
+    /// Mints a one-time join token valid for `ttl` (consumed through raft when used).
+    pub async fn create_join_token(
+        &self,
+        ctx: ProposeContext,
+        ttl: Duration,
+    ) -> Result<String, MetaError> {
+        let token = format!("wharf-join-{}", hex::encode(rand::random::<[u8; 24]>()));
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let command = Command::CreateJoinToken {
+            token_sha256: crate::core::token_digest(&token),
+            expires_at_ms: now_ms().saturating_add(ttl_ms),
+        };
+        match self.propose(ctx, command).await? {
+            CommandResult::Ok(Outcome::Applied | Outcome::Unchanged) => Ok(token),
+            other => Err(MetaError::Fatal(format!(
+                "unexpected result storing a join token: {other:?}"
+            ))),
+        }
+    }
+
+    /// Plans a membership change and, unless `dry_run`, applies it on the leader against the
+    /// configuration at `expected_membership_index`.
+    pub async fn change_membership(
+        &self,
+        action: MembershipAction,
+        node_id: NodeId,
+        expected_membership_index: Option<u64>,
+        dry_run: bool,
+    ) -> Result<MembershipPlan, AdminError> {
+        if self.current_leader() == Some(self.core.node_id) {
+            return self
+                .core
+                .change_membership_here(
+                    action,
+                    node_id,
+                    expected_membership_index,
+                    dry_run,
+                    PROPOSE_TIMEOUT,
+                )
+                .await;
+        }
+        let peers = self.core.peers.clone();
+        let request = pb::ChangeMembershipRequest {
+            action: action_to_wire(action),
+            node_id,
+            expected_membership_index: expected_membership_index.unwrap_or(0),
+            dry_run: dry_run || expected_membership_index.is_none(),
+        };
+        let response = self
+            .core
+            .on_leader(PROPOSE_TIMEOUT, |mut client, leader| {
+                let request = peers.request(leader, request.clone());
+                async move { client.change_membership(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(MembershipPlan {
+            action,
+            node_id,
+            voters_before: response.voters_before,
+            voters_after: response.voters_after,
+            membership_index: response.membership_index,
+        })
+    }
+
+    /// Makes `to` the leader.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<NodeId, AdminError> {
+        if self.current_leader() == Some(self.core.node_id) {
+            return self.core.transfer_leader_here(to, PROPOSE_TIMEOUT).await;
+        }
+        let peers = self.core.peers.clone();
+        self.core
+            .on_leader(PROPOSE_TIMEOUT, |mut client, leader| {
+                let request = peers.request(leader, pb::TransferLeaderRequest { node_id: to });
+                async move { client.transfer_leader(request).await.map(|r| r.into_inner().leader) }
+            })
+            .await
+    }
+
+    /// Stops the cluster listener and the raft node and waits (bounded) until raft's tasks
+    /// have let go of both databases, so that dropping this node (after every
+    /// [`MetaHandle::state`] clone) closes them and the directory can be opened again in this
+    /// process.
+    pub async fn shutdown(&self) {
+        let _ = self.stop_server.send(true);
+        if let Some(server) = self.server.lock().await.take() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, server).await;
+        }
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!(node_id = self.core.node_id, "raft core ended abnormally: {e}");
+        }
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
         while self.log.handle_count() > 1 || Arc::strong_count(&self.state) > 1 {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
-                    node_id = self.node_id,
+                    node_id = self.core.node_id,
                     "raft databases still in use {CLOSE_TIMEOUT:?} after shutdown"
                 );
                 break;
@@ -248,60 +595,44 @@ impl ClusterNode {
         }
     }
 
-    fn metrics(&self) -> RaftMetrics<TypeConfig> {
-        self.raft.metrics().borrow_watched().clone()
+    #[cfg(test)]
+    fn raft(&self) -> &Raft {
+        &self.core.raft
     }
 }
 
-/// One ReadIndex round: confirms leadership with a quorum and waits until this node has
-/// applied up to the read index. Shared by every read queued before it started.
-async fn read_index_once(raft: Raft, node_id: u64) -> Result<(), BarrierFailure> {
-    let read = tokio::time::timeout(
-        READ_BARRIER_TIMEOUT,
-        raft.ensure_linearizable(ReadPolicy::ReadIndex),
-    );
-    match read.await {
-        Ok(Ok(_read_log_id)) => Ok(()),
-        Err(_elapsed) => Err(BarrierFailure::NoQuorum(format!(
-            "read barrier did not complete within {READ_BARRIER_TIMEOUT:?}"
-        ))),
-        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => Err(
-            BarrierFailure::NoQuorum(format!("node {node_id} is not the leader: {f}")),
-        ),
-        Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
-            Err(BarrierFailure::NoQuorum(q.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(fatal))) => Err(match not_running(&fatal) {
-            MetaError::NoQuorum(m) => BarrierFailure::NoQuorum(m),
-            other => BarrierFailure::Fatal(other.to_string()),
-        }),
+/// Serves `wharf.raft.v1` and `wharf.admin.v1` until `stop` turns true.
+async fn serve_cluster(
+    listener: tokio::net::TcpListener,
+    raft: RaftService,
+    admin: AdminService,
+    mut stop: watch::Receiver<bool>,
+) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(
+            wharf_proto::raft::raft_server::RaftServer::new(raft)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(wharf_proto::admin::admin_server::AdminServer::new(admin))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!("cluster listener failed: {e}");
     }
-}
-
-/// Whether the state machine has applied everything this node knows to be committed.
-fn caught_up(m: &RaftMetrics<TypeConfig>) -> bool {
-    let committed = m
-        .local_committed
-        .as_ref()
-        .max(m.cluster_committed.as_ref())
-        .map(|id| id.index);
-    m.last_applied.as_ref().map(|id| id.index) >= committed
 }
 
 /// Milliseconds since the epoch on this node's clock (only the proposer reads a clock).
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-/// Maps a stopped node to the error for a request that did not get in.
-fn not_running(fatal: &Fatal<TypeConfig>) -> MetaError {
-    match fatal {
-        Fatal::Stopped => MetaError::NoQuorum("the raft node is shut down".to_string()),
-        other => MetaError::Fatal(other.to_string()),
-    }
 }
 
 #[async_trait::async_trait]
@@ -311,41 +642,16 @@ impl MetaHandle for ClusterNode {
         ctx: ProposeContext,
         command: Command,
     ) -> Result<CommandResult, MetaError> {
-        // A node that already stopped certainly did not take the proposal.
-        if let Err(fatal) = &self.metrics().running_state {
-            return Err(not_running(fatal));
-        }
-        let kind = command.kind();
         let envelope = Envelope {
             version: ENVELOPE_VERSION,
             request_id: ctx.request_id,
-            proposer: self.node_id,
+            proposer: self.core.node_id,
             actor: ctx.actor,
             timestamp_ms: now_ms(),
             command,
         };
-        let written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(envelope)).await;
-        match written {
-            Ok(Ok(response)) => Ok(response.data),
-            Err(_elapsed) => Err(MetaError::OutcomeUnknown(format!(
-                "{kind} got no result within {PROPOSE_TIMEOUT:?}"
-            ))),
-            Ok(Err(RaftError::APIError(e))) => Err(match e {
-                ClientWriteError::ForwardToLeader(f) => {
-                    MetaError::NoQuorum(format!("node {} is not the leader: {f}", self.node_id))
-                }
-                ClientWriteError::LogEntryDiscarded(f) => MetaError::OutcomeUnknown(f.to_string()),
-                // Neither can happen for a normal entry without a precondition; neither was
-                // appended.
-                e @ (ClientWriteError::ChangeMembershipError(_)
-                | ClientWriteError::PreconditionFailed(_)) => MetaError::NoQuorum(e.to_string()),
-            }),
-            // The core stopped while the proposal was in flight: it may have been appended.
-            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(MetaError::OutcomeUnknown(
-                "the raft node shut down during the write".to_string(),
-            )),
-            Ok(Err(RaftError::Fatal(fatal))) => Err(MetaError::Fatal(fatal.to_string())),
-        }
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        self.core.propose(envelope, deadline, NO_LEADER_WAIT).await
     }
 
     async fn read_barrier(&self) -> Result<(), MetaError> {
@@ -374,6 +680,7 @@ mod tests {
         NodeInfo {
             addr: "127.0.0.1:7071".to_string(),
             region: "local".to_string(),
+            client_url: "http://127.0.0.1:7070".to_string(),
         }
     }
 
@@ -433,7 +740,7 @@ mod tests {
             let _: CommandResult = result;
         }
         // Metrics trail the apply responses a little.
-        let wait = node.raft.wait(Some(Duration::from_secs(5)));
+        let wait = node.raft().wait(Some(Duration::from_secs(5)));
         wait.applied_index(Some(before + 3), "three proposals applied")
             .await
             .unwrap();
@@ -464,7 +771,7 @@ mod tests {
             .await
             .unwrap();
         node.read_barrier().await.unwrap();
-        let wait = node.raft.wait(Some(Duration::from_secs(5)));
+        let wait = node.raft().wait(Some(Duration::from_secs(5)));
         wait.applied_index_at_least(Some(resumed_at + 1), "write after restart applied")
             .await
             .unwrap();
@@ -479,8 +786,132 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            matches!(err, ClusterError::NotAVoter { node_id: 2, .. }),
+            matches!(err, ClusterError::NotAMember { node_id: 2, .. }),
             "{err}"
         );
+    }
+
+    fn free_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn fast() -> RaftTiming {
+        RaftTiming {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            ..RaftTiming::default()
+        }
+    }
+
+    async fn start_member(
+        dir: &Path,
+        node_id: u64,
+        cluster_id: &str,
+        listen: SocketAddr,
+        mode: StartMode,
+    ) -> ClusterNode {
+        ClusterNode::start(StartOptions {
+            data_dir: dir.to_path_buf(),
+            node_id,
+            cluster_id: cluster_id.to_string(),
+            info: NodeInfo {
+                addr: listen.to_string(),
+                region: format!("region-{node_id}"),
+                client_url: String::new(),
+            },
+            listen,
+            timing: fast(),
+            mode,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn repo_exists(node: &ClusterNode, name: &str) -> bool {
+        let txn = node.state().begin_read().unwrap();
+        let table = txn.open_table(tables::REPOS).unwrap();
+        table.get(name.as_bytes()).unwrap().is_some()
+    }
+
+    /// Three nodes over gRPC: join with a one-time token, promote, write through a follower
+    /// (forwarded, applied there before the answer), fail over after the leader stops, and a
+    /// retried request id applies once across the leader change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_nodes_join_forward_and_fail_over() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let addrs: Vec<_> = (0..3).map(|_| free_port()).collect();
+        let n1 = start_member(dirs[0].path(), 1, "c1", addrs[0], StartMode::Bootstrap).await;
+
+        let mut nodes = vec![n1];
+        for i in 1..3 {
+            let token = nodes[0]
+                .create_join_token(ctx(&format!("token-{i}")), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let info = NodeInfo {
+                addr: addrs[i].to_string(),
+                region: format!("region-{}", i + 1),
+                client_url: String::new(),
+            };
+            // Join through the newest member, which forwards to the leader if needed.
+            let via = nodes.last().unwrap().cluster_addr().to_string();
+            let ticket = join(&via, &token, &info, Duration::from_secs(10)).await.unwrap();
+            assert_eq!(ticket.cluster_id, "c1");
+            assert_eq!(ticket.node_id, i as u64 + 1, "ids are minted in order");
+            // A used token is refused.
+            let again = join(&via, &token, &info, Duration::from_secs(10)).await;
+            assert!(again.is_ok(), "the same joiner retrying gets its ticket again");
+            assert_eq!(again.unwrap().node_id, ticket.node_id);
+            let node = start_member(dirs[i].path(), ticket.node_id, "c1", addrs[i], StartMode::Member).await;
+            wait_for("learner catches up", || node.is_ready()).await;
+            nodes.push(node);
+        }
+        let bad = join(&addrs[0].to_string(), "wharf-join-bogus", &NodeInfo::default(), Duration::from_secs(5)).await;
+        assert!(bad.is_err());
+
+        for id in [2, 3] {
+            let dry = nodes[1].change_membership(MembershipAction::Promote, id, None, true).await.unwrap();
+            assert!(dry.voters_after.contains(&id));
+            let done = nodes[2]
+                .change_membership(MembershipAction::Promote, id, Some(dry.membership_index), false)
+                .await
+                .unwrap();
+            assert!(done.voters_after.contains(&id));
+        }
+        let status = nodes[1].status().await.unwrap();
+        assert_eq!(status.voters, vec![1, 2, 3]);
+        assert_eq!(status.leader, Some(1));
+
+        tracing::info!("--- a write through a follower is applied there before the answer");
+        nodes[2].propose(ctx("w1"), create_repo("through-follower")).await.unwrap();
+        assert!(repo_exists(&nodes[2], "through-follower"));
+        nodes[1].read_barrier().await.unwrap();
+        assert!(repo_exists(&nodes[1], "through-follower"));
+
+        tracing::info!("--- the leader stops; the others elect a new one and keep taking writes");
+        nodes[0].shutdown().await;
+        wait_for("a new leader", || {
+            matches!(nodes[1].current_leader(), Some(2 | 3)) && nodes[1].current_leader() == nodes[2].current_leader()
+        })
+        .await;
+        let r1 = nodes[1].propose(ctx("after-failover"), create_repo("after")).await.unwrap();
+        let r2 = nodes[2].propose(ctx("after-failover"), create_repo("after-dup")).await.unwrap();
+        assert_eq!(r1, r2, "a retried request id returns the first result");
+        nodes[2].read_barrier().await.unwrap();
+        assert!(repo_exists(&nodes[2], "after"));
+        assert!(!repo_exists(&nodes[2], "after-dup"), "the retry did not apply again");
+        for n in &nodes[1..] {
+            n.shutdown().await;
+        }
     }
 }

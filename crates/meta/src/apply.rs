@@ -15,13 +15,20 @@ use crate::command::{
     RepoSettings,
 };
 use crate::records::{
-    BlobRecord, FileRecord, LinkRecord, ManifestRecord, RepoRecord, RequestRecord,
+    BlobRecord, FileRecord, JoinTokenRecord, LinkRecord, ManifestRecord, RepoRecord,
+    RequestRecord,
 };
 use crate::tables::{self, StateTable, key, prefix};
 
 /// How many log indexes a request id is remembered for duplicate detection. Expiry is by log
 /// index, never by a clock, so every node forgets the same ids at the same entry.
 pub const REQUEST_RETENTION: u64 = 1_000_000;
+
+/// The id `wharf cluster init` gives the first node; joining nodes get ids after it.
+pub const FIRST_NODE_ID: NodeId = 1;
+const FIRST_MINTED_NODE_ID: NodeId = FIRST_NODE_ID + 1;
+const JOIN_TOKEN_KEY: &str = "join_token";
+const NEXT_NODE_ID_KEY: &[u8] = b"next_node_id";
 
 /// A fault that must stop the node: storage failure, a corrupt record, or an entry this
 /// binary cannot decode. Never skipped.
@@ -144,6 +151,15 @@ impl Ctx<'_> {
                 holder,
             } => self.put_file(repo, path, digest, *size, chunk_root, *holder),
             Command::DeleteFile { repo, path } => self.delete_file(repo, path),
+            Command::CreateJoinToken {
+                token_sha256,
+                expires_at_ms,
+            } => self.create_join_token(token_sha256, *expires_at_ms),
+            Command::AdmitNode {
+                token_sha256,
+                addr,
+                region,
+            } => self.admit_node(token_sha256, addr, region),
         }
     }
 
@@ -485,6 +501,48 @@ impl Ctx<'_> {
         let mut files = self.txn.open_table(tables::FILES)?;
         files.remove(file_key.as_slice())?;
         Ok(Ok(Outcome::Applied))
+    }
+
+    fn create_join_token(&self, token_sha256: &str, expires_at_ms: u64) -> Result<Verdict> {
+        let token_key = key(&[JOIN_TOKEN_KEY, token_sha256]);
+        if get_json::<JoinTokenRecord>(self.txn, tables::CLUSTER, &token_key)?.is_some() {
+            return Ok(Ok(Outcome::Unchanged));
+        }
+        let record = JoinTokenRecord {
+            expires_at_ms,
+            used_by: None,
+        };
+        put_json(self.txn, tables::CLUSTER, &token_key, &record)?;
+        Ok(Ok(Outcome::Applied))
+    }
+
+    /// Consumes a join token and mints the next node id. Ids only ever grow, so a removed or
+    /// wiped node can never come back under its old id (DESIGN.md §1.8).
+    fn admit_node(&self, token_sha256: &str, addr: &str, region: &str) -> Result<Verdict> {
+        let token_key = key(&[JOIN_TOKEN_KEY, token_sha256]);
+        let refused = |why: &str| {
+            Ok(Err(Rejection::new(
+                ErrorCode::Unauthorized,
+                format!("join token refused: {why}; create a new one with `wharf cluster join-token`"),
+            )))
+        };
+        let Some(mut token) = get_json::<JoinTokenRecord>(self.txn, tables::CLUSTER, &token_key)?
+        else {
+            return refused("unknown token");
+        };
+        if token.used_by.is_some() {
+            return refused("already used");
+        }
+        if self.now_ms > token.expires_at_ms {
+            return refused("expired");
+        }
+        let next = get_json::<NodeId>(self.txn, tables::CLUSTER, NEXT_NODE_ID_KEY)?
+            .unwrap_or(FIRST_MINTED_NODE_ID);
+        put_json(self.txn, tables::CLUSTER, NEXT_NODE_ID_KEY, &(next + 1))?;
+        token.used_by = Some(next);
+        put_json(self.txn, tables::CLUSTER, &token_key, &token)?;
+        tracing::info!(node_id = next, addr, region, "join token consumed");
+        Ok(Ok(Outcome::NodeAdmitted { node_id: next }))
     }
 
     // --- helpers over the tables
@@ -1108,5 +1166,46 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    /// §1.8: node ids are minted once and never reused; a join token admits one node, and not
+    /// after it expired (by command time).
+    #[test]
+    fn join_tokens_mint_fresh_node_ids_once() {
+        let mut sm = Sm::new();
+        let admit = |token: &str| Command::AdmitNode {
+            token_sha256: token.into(),
+            addr: "127.0.0.1:7171".into(),
+            region: "eu-west".into(),
+        };
+        let create = |token: &str, expires_at_ms| Command::CreateJoinToken {
+            token_sha256: token.into(),
+            expires_at_ms,
+        };
+        let refused = |r: CommandResult| match r {
+            CommandResult::Rejected(r) => assert_eq!(r.code, ErrorCode::Unauthorized.as_str()),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+
+        refused(sm.apply(admit("never-created")));
+        assert_eq!(sm.apply(create("t1", u64::MAX)), CommandResult::Ok(Outcome::Applied));
+        assert_eq!(sm.apply(create("t2", u64::MAX)), CommandResult::Ok(Outcome::Applied));
+        assert_eq!(
+            sm.apply(admit("t1")),
+            CommandResult::Ok(Outcome::NodeAdmitted { node_id: 2 })
+        );
+        refused(sm.apply(admit("t1")));
+        assert_eq!(
+            sm.apply(admit("t2")),
+            CommandResult::Ok(Outcome::NodeAdmitted { node_id: 3 })
+        );
+        // Expired: the envelope's timestamp (command time) is past the token's expiry.
+        sm.apply(create("t3", 0));
+        refused(sm.apply(admit("t3")));
+        // A retry of an admission with the same request id gets the same id, not a new one.
+        sm.apply(create("t4", u64::MAX));
+        let first = sm.apply_as("join-retry", admit("t4"));
+        assert_eq!(first, CommandResult::Ok(Outcome::NodeAdmitted { node_id: 4 }));
+        assert_eq!(sm.apply_as("join-retry", admit("t4")), first);
     }
 }

@@ -127,6 +127,19 @@ pub enum Command {
     },
     /// Delete a generic-file path.
     DeleteFile { repo: RepoName, path: String },
+    /// Record a one-time join token (only its sha256 is kept), valid until `expires_at_ms`
+    /// (command time, never a node's clock).
+    CreateJoinToken {
+        token_sha256: String,
+        expires_at_ms: u64,
+    },
+    /// Consume a join token and mint a fresh, never-reused node id for the node that presented
+    /// it (`wharf serve --join`).
+    AdmitNode {
+        token_sha256: String,
+        addr: String,
+        region: String,
+    },
 }
 
 impl Command {
@@ -142,6 +155,8 @@ impl Command {
             Command::DeleteTag { .. } => "delete_tag",
             Command::PutFile { .. } => "put_file",
             Command::DeleteFile { .. } => "delete_file",
+            Command::CreateJoinToken { .. } => "create_join_token",
+            Command::AdmitNode { .. } => "admit_node",
         }
     }
 }
@@ -153,6 +168,8 @@ pub enum Outcome {
     Applied,
     /// The state already was what the command asked for (idempotent re-push).
     Unchanged,
+    /// A join token was consumed; the joining node gets this id.
+    NodeAdmitted { node_id: NodeId },
 }
 
 /// Why `apply` refused a committed command. A rejection is a normal, deterministic result

@@ -21,4 +21,5 @@ pub use command::{
     Rejection, RepoSettings, RequestId,
 };
 pub use handle::{MetaError, MetaHandle, ProposeContext};
+pub use log_store::{decode, encode};
 pub use raft_types::TypeConfig;

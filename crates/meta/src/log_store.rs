@@ -303,7 +303,7 @@ fn read_meta<T: DeserializeOwned>(
 }
 
 /// Encodes `value` as [`ENCODING_V1`] followed by its JSON.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
     let mut out = vec![ENCODING_V1];
     serde_json::to_writer(&mut out, value)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -311,7 +311,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
 }
 
 /// Decodes a value written by [`encode`]; an unknown version is an error, never a guess.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
     match bytes.split_first() {
         Some((&ENCODING_V1, json)) => {
             serde_json::from_slice(json).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))

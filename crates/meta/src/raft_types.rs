@@ -16,6 +16,9 @@ pub struct NodeInfo {
     pub addr: String,
     /// The region the node runs in.
     pub region: String,
+    /// The node's client (HTTP) URL, for `wharf cluster status`.
+    #[serde(default)]
+    pub client_url: String,
 }
 
 impl std::fmt::Display for NodeInfo {

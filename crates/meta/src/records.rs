@@ -55,3 +55,12 @@ pub struct RequestRecord {
     pub log_index: u64,
     pub result: crate::command::CommandResult,
 }
+
+/// A one-time join token (only its sha256 is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// Command time after which the token is refused.
+    pub expires_at_ms: u64,
+    /// The node id it admitted, once used.
+    pub used_by: Option<NodeId>,
+}

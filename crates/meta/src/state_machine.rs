@@ -788,6 +788,7 @@ mod tests {
             NodeInfo {
                 addr: "127.0.0.1:7071".into(),
                 region: "r1".into(),
+                client_url: "http://127.0.0.1:7070".into(),
             },
         )]);
         Entry::new_membership(

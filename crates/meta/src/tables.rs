@@ -16,6 +16,8 @@
 //! requests     <request id>                   -> json (log index, CommandResult)
 //! request_log  <log index u64 BE>             -> <request id>   (expiry by log index)
 //! sm_meta      "last_applied" | "membership" | "cluster_version" -> json
+//! cluster      "join_token" 0x00 <sha256 hex>  -> json JoinTokenRecord
+//!              "next_node_id"                 -> json u64 (ids are minted once, never reused)
 //! ```
 
 use redb::TableDefinition;
@@ -35,6 +37,8 @@ pub const REQUESTS: StateTable = TableDefinition::new("requests");
 pub const REQUEST_LOG: StateTable = TableDefinition::new("request_log");
 /// Raft bookkeeping of the state machine (last applied log id, membership, cluster version).
 pub const SM_META: StateTable = TableDefinition::new("sm_meta");
+/// Cluster administration: join tokens and the node-id counter.
+pub const CLUSTER: StateTable = TableDefinition::new("cluster");
 
 /// Every table a snapshot carries, in a fixed order.
 pub const STATE_TABLES: &[StateTable] = &[
@@ -49,6 +53,7 @@ pub const STATE_TABLES: &[StateTable] = &[
     REQUESTS,
     REQUEST_LOG,
     SM_META,
+    CLUSTER,
 ];
 
 /// Joins key parts with a 0x00 separator (names never contain NUL).

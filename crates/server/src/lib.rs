@@ -67,6 +67,7 @@ pub async fn run(
     let info = NodeInfo {
         addr: config.server.listen.to_string(),
         region: identity.region.clone(),
+        client_url: format!("http://{}", config.server.listen),
     };
     let cluster = Arc::new(ClusterNode::start_single(&data_dir, node_id, info).await?);
     let registry = Registry::new(
