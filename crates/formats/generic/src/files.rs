@@ -62,7 +62,10 @@ pub async fn put(
         .await?;
     let status = match outcome {
         wharf_registry::Outcome::Applied => StatusCode::CREATED,
-        wharf_registry::Outcome::Unchanged => StatusCode::OK,
+        // Only an unchanged binding (or, never for a file, a node admission) is not new.
+        wharf_registry::Outcome::Unchanged | wharf_registry::Outcome::NodeAdmitted { .. } => {
+            StatusCode::OK
+        }
     };
     let body = json!({ "repo": repo.as_str(), "path": path, "size": record.size, "sha256": record.digest.hex(), "url": format!("{base_url}/generic/{repo}/{path}") }).to_string();
     Ok(Response::builder()
