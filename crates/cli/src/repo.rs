@@ -13,10 +13,10 @@ pub struct ClientOpts {
         default_value = "http://127.0.0.1:7070",
         global = true
     )]
-    endpoint: String,
+    pub(crate) endpoint: String,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args)]
@@ -98,7 +98,7 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
 }
 
 /// Sends a request and returns its JSON body, or the server's error as an error.
-async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let response = request.send().await?;
     let status = response.status();
     let value: Value = response.json().await.unwrap_or(Value::Null);

@@ -22,7 +22,28 @@
 //!
 //! [storage]
 //! min_free_bytes = 134217728                     # uploads get 507 below this
+//!
+//! [cluster]
+//! listen = "127.0.0.1:7071"                      # raft + admin gRPC between nodes
+//! advertise = "10.0.0.5:7071"                    # what other nodes dial (default: listen)
+//! join = "10.0.0.1:7071"                         # first start only: join through this member
+//! heartbeat_ms = 300                             # ≥ 2 × the largest RTT between nodes
+//! election_timeout_min_ms = 1500                 # ≥ 5 × heartbeat_ms
+//! election_timeout_max_ms = 3000                 # ≈ 2 × election_timeout_min_ms
+//! snapshot_chunk_timeout_ms = 10000
+//! snapshot_every_entries = 100000
+//! log_entries_kept = 20000
+//! promote_max_lag = 1000
+//!
+//! [durability]
+//! min_copies = 1                                 # a multi-node cluster must say 1 explicitly
 //! ```
+//!
+//! **Raft timing rule of thumb.** An append RPC times out after one heartbeat period, so
+//! `heartbeat_ms` must exceed the largest round trip between nodes with room to spare (2 × RTT);
+//! a follower campaigns after a random silence in [min, max], which must cover several missed
+//! heartbeats (min ≥ 5 × heartbeat) so a slow link never looks like a dead leader. The defaults
+//! suit links up to 150 ms RTT; `wharf dev` uses 100 / 500–1000 ms on loopback.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -54,6 +75,62 @@ pub struct Config {
     pub http: HttpConfig,
     pub uploads: UploadConfig,
     pub storage: StorageConfig,
+    pub cluster: ClusterConfig,
+    pub durability: DurabilityConfig,
+}
+
+/// The cluster listener and raft timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Where the raft + admin gRPC listener binds.
+    pub listen: SocketAddr,
+    /// The address other nodes dial; defaults to `listen`.
+    pub advertise: Option<SocketAddr>,
+    /// On first start, join the cluster through this member (with a token from
+    /// `wharf cluster join-token`, given as `--token` or `WHARF_JOIN_TOKEN`).
+    pub join: Option<String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_chunk_timeout_ms: u64,
+    pub snapshot_every_entries: u64,
+    pub log_entries_kept: u64,
+    /// A learner within this many entries of the leader may be promoted.
+    pub promote_max_lag: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            advertise: None,
+            join: None,
+            heartbeat_ms: 300,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            snapshot_chunk_timeout_ms: 10_000,
+            snapshot_every_entries: 100_000,
+            log_entries_kept: 20_000,
+            promote_max_lag: 1000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The address other nodes dial.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+}
+
+/// How many copies of a blob must be durable before an upload is acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// Until blob replication lands, blobs live only on the node they were uploaded to, so a
+    /// multi-node cluster must set this to 1 explicitly (DESIGN.md §1.2 asks for 2).
+    pub min_copies: Option<u32>,
 }
 
 /// Disk-space limits.
@@ -208,6 +285,53 @@ impl Config {
                 "server.region must not be empty".into(),
             ));
         }
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 || c.election_timeout_min_ms < 2 * c.heartbeat_ms {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.election_timeout_min_ms ({}) must be at least twice cluster.heartbeat_ms ({})",
+                c.election_timeout_min_ms, c.heartbeat_ms
+            )));
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return Err(ConfigError::Invalid(
+                "cluster.election_timeout_max_ms must exceed cluster.election_timeout_min_ms".into(),
+            ));
+        }
+        if c.snapshot_every_entries == 0 || c.snapshot_chunk_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.snapshot_every_entries and snapshot_chunk_timeout_ms must be positive".into(),
+            ));
+        }
+        if c.advertised().ip().is_unspecified() {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.advertise must be an address other nodes can dial, not {}",
+                c.advertised()
+            )));
+        }
+        // Node-to-node TLS under the cluster CA is not built yet: until it is, cluster traffic
+        // is plaintext and therefore allowed only on loopback (DESIGN.md §2).
+        let join_is_loopback = c.join.as_deref().is_none_or(is_loopback_addr);
+        if !(c.listen.ip().is_loopback() && c.advertised().ip().is_loopback() && join_is_loopback) {
+            return Err(ConfigError::Invalid(
+                "cluster traffic is plaintext until cluster TLS lands, so cluster.listen, \
+                 cluster.advertise and cluster.join must all be loopback addresses"
+                    .into(),
+            ));
+        }
+        if c.join.is_some() && self.durability.min_copies != Some(1) {
+            return Err(ConfigError::Invalid(
+                "blobs are not replicated between nodes yet: a node joining a cluster needs \
+                 `[durability] min_copies = 1` set explicitly"
+                    .into(),
+            ));
+        }
+        if let Some(n) = self.durability.min_copies
+            && n != 1
+        {
+            return Err(ConfigError::Invalid(format!(
+                "durability.min_copies = {n} needs blob replication, which is not built yet; use 1"
+            )));
+        }
         if let Some(url) = &self.server.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -216,6 +340,14 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+/// Whether `host:port` names a loopback address (`localhost` counts).
+fn is_loopback_addr(addr: &str) -> bool {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => addr.rsplit_once(':').is_some_and(|(host, _)| host == "localhost"),
     }
 }
 
@@ -237,6 +369,18 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_checked() {
+        let bad = |text: &str| Config::parse(text).unwrap().validate().unwrap_err().to_string();
+        assert!(bad("[cluster]\nheartbeat_ms = 1000\n").contains("twice"));
+        assert!(bad("[cluster]\nlisten = \"0.0.0.0:7071\"\n").contains("advertise"));
+        assert!(bad("[cluster]\nlisten = \"10.0.0.1:7071\"\n").contains("loopback"));
+        assert!(bad("[cluster]\njoin = \"127.0.0.1:7071\"\n").contains("min_copies"));
+        assert!(bad("[durability]\nmin_copies = 2\n").contains("replication"));
+        let ok = "[cluster]\njoin = \"localhost:7071\"\n[durability]\nmin_copies = 1\n";
+        Config::parse(ok).unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn bad_public_url_is_refused() {
         let c = Config::parse("[server]\npublic_url = \"registry.example\"\n").unwrap();
         assert!(c.validate().is_err());
@@ -246,11 +390,16 @@ mod tests {
     fn every_cluster_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster-configs");
         let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                seen += 1;
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    seen += 1;
+                }
             }
         }
         assert!(seen > 0, "no configs in {}", dir.display());

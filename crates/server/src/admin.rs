@@ -38,7 +38,7 @@ pub struct RepoView {
     pub created_ms: u64,
 }
 
-fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body =
         serde_json::json!({ "errors": [{ "code": code.as_str(), "message": message.into() }] });
     (status, axum::Json(body)).into_response()

@@ -1,5 +1,6 @@
-//! `<data_dir>/node.toml`: the node's id and region, written once when the data directory is
-//! first used and never changed afterwards (DESIGN.md §1.8, §5).
+//! `<data_dir>/node.toml`: the node's id, region and cluster id, written once — when
+//! `wharf cluster init` creates a cluster or when the node joins one — and never changed
+//! afterwards (DESIGN.md §1.8, §5).
 
 use std::io::Write;
 use std::path::Path;
@@ -15,33 +16,47 @@ use crate::ServerError;
 pub struct NodeIdentity {
     pub node_id: NodeId,
     pub region: String,
+    /// Empty in directories written before clusters existed (a single node).
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
-/// The id of the first node of a single-node cluster. Joining nodes get minted ids from the
-/// cluster (cluster issue).
-pub const FIRST_NODE_ID: NodeId = 1;
+fn path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("node.toml")
+}
 
-/// Reads `node.toml`, or writes it (durably) on first start.
-pub fn load_or_create(data_dir: &Path, region: &str) -> Result<NodeIdentity, ServerError> {
-    let path = data_dir.join("node.toml");
-    match std::fs::read_to_string(&path) {
+/// Reads `node.toml`, if this directory already belongs to a cluster.
+///
+/// A node whose raft state is missing refuses to start: after a wipe it must rejoin under a
+/// new id, never resume under its old one.
+pub fn load(data_dir: &Path) -> Result<Option<NodeIdentity>, ServerError> {
+    let path = path(data_dir);
+    let identity: NodeIdentity = match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text)
-            .map_err(|e| ServerError::Identity(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let identity = NodeIdentity {
-                node_id: FIRST_NODE_ID,
-                region: region.to_string(),
-            };
-            let text =
-                toml::to_string(&identity).map_err(|e| ServerError::Identity(e.to_string()))?;
-            let tmp = data_dir.join("node.toml.tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(data_dir)?.sync_all()?;
-            Ok(identity)
-        }
-        Err(e) => Err(e.into()),
+            .map_err(|e| ServerError::Identity(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if !data_dir.join("raft").join("log.redb").exists() {
+        return Err(ServerError::Identity(format!(
+            "{} names node {} but its raft state (raft/log.redb) is missing; a wiped node must \
+             not come back under its old id: move the directory away and join again with a new \
+             token",
+            path.display(),
+            identity.node_id
+        )));
     }
+    Ok(Some(identity))
+}
+
+/// Writes `node.toml` durably (tmp → fsync → rename → fsync dir).
+pub fn store(data_dir: &Path, identity: &NodeIdentity) -> Result<(), ServerError> {
+    let text = toml::to_string(identity).map_err(|e| ServerError::Identity(e.to_string()))?;
+    let tmp = data_dir.join("node.toml.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path(data_dir))?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(())
 }

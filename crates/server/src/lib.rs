@@ -5,6 +5,7 @@
 //! Start at [`run`].
 
 mod admin;
+mod cluster_api;
 mod identity;
 mod listener;
 
@@ -18,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use wharf_blob::FsBlobStore;
-use wharf_cluster::{ClusterNode, NodeInfo};
+use wharf_cluster::{ClusterNode, NodeInfo, RaftTiming, StartMode, StartOptions};
 use wharf_config::Config;
 use wharf_registry::Registry;
 
@@ -50,26 +51,155 @@ struct Health {
     cluster: Arc<ClusterNode>,
 }
 
+/// How a node may come up when its data directory is not part of a cluster yet.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Create a new single-node cluster in a fresh directory (`wharf dev`, `wharf cluster
+    /// init`). Otherwise a fresh directory must join (`cluster.join` + a token).
+    pub bootstrap: bool,
+    /// The one-time token for `cluster.join` (`--token` / `WHARF_JOIN_TOKEN`).
+    pub join_token: Option<String>,
+}
+
+/// How long joining a cluster may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The raft timing a configuration asks for.
+fn timing(config: &Config) -> RaftTiming {
+    let c = &config.cluster;
+    RaftTiming {
+        heartbeat: Duration::from_millis(c.heartbeat_ms),
+        election_timeout_min: Duration::from_millis(c.election_timeout_min_ms),
+        election_timeout_max: Duration::from_millis(c.election_timeout_max_ms),
+        snapshot_chunk_timeout: Duration::from_millis(c.snapshot_chunk_timeout_ms),
+        snapshot_every_entries: c.snapshot_every_entries,
+        log_entries_kept: c.log_entries_kept,
+        promote_max_lag: c.promote_max_lag,
+    }
+}
+
+/// The client URL other nodes show for this one.
+fn client_url(config: &Config) -> String {
+    match &config.server.public_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let scheme = if config.http.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", config.server.listen)
+        }
+    }
+}
+
+/// Finds out who this node is: from `node.toml`, by joining a cluster, or by creating one.
+async fn establish_identity(
+    config: &Config,
+    options: &RunOptions,
+) -> Result<(NodeIdentity, StartMode), ServerError> {
+    let data_dir = &config.server.data_dir;
+    if let Some(identity) = identity::load(data_dir)? {
+        if identity.region != config.server.region {
+            tracing::warn!(
+                recorded = identity.region,
+                configured = config.server.region,
+                "server.region differs from the region this node joined with; keeping the recorded one"
+            );
+        }
+        return Ok((identity, StartMode::Member));
+    }
+    if let Some(join) = &config.cluster.join {
+        let token = options.join_token.clone().ok_or_else(|| {
+            ServerError::Identity(format!(
+                "joining {join} needs a token from `wharf cluster join-token` (--token or WHARF_JOIN_TOKEN)"
+            ))
+        })?;
+        let info = NodeInfo {
+            addr: config.cluster.advertised().to_string(),
+            region: config.server.region.clone(),
+            client_url: client_url(config),
+        };
+        let ticket = wharf_cluster::join(join, &token, &info, JOIN_TIMEOUT).await?;
+        tracing::info!(node_id = ticket.node_id, cluster_id = ticket.cluster_id, "joined the cluster as a learner");
+        let identity = NodeIdentity {
+            node_id: ticket.node_id,
+            region: config.server.region.clone(),
+            cluster_id: ticket.cluster_id,
+        };
+        identity::store(data_dir, &identity)?;
+        return Ok((identity, StartMode::Member));
+    }
+    if options.bootstrap {
+        let identity = NodeIdentity {
+            node_id: wharf_meta::apply::FIRST_NODE_ID,
+            region: config.server.region.clone(),
+            cluster_id: hex::encode(rand::random::<[u8; 16]>()),
+        };
+        identity::store(data_dir, &identity)?;
+        return Ok((identity, StartMode::Bootstrap));
+    }
+    Err(ServerError::Identity(format!(
+        "{} is not part of a cluster yet: create one with `wharf cluster init --config FILE`, or \
+         join one with `cluster.join` / `--join ADDR --token TOKEN`",
+        data_dir.display()
+    )))
+}
+
+/// Starts the raft node of this data directory.
+async fn start_cluster(
+    config: &Config,
+    options: &RunOptions,
+) -> Result<Arc<ClusterNode>, ServerError> {
+    std::fs::create_dir_all(&config.server.data_dir)?;
+    let (identity, mode) = establish_identity(config, options).await?;
+    let info = NodeInfo {
+        addr: config.cluster.advertised().to_string(),
+        region: identity.region.clone(),
+        client_url: client_url(config),
+    };
+    let node = ClusterNode::start(StartOptions {
+        data_dir: config.server.data_dir.clone(),
+        node_id: identity.node_id,
+        cluster_id: identity.cluster_id.clone(),
+        info,
+        listen: config.cluster.listen,
+        timing: timing(config),
+        mode,
+    })
+    .await?;
+    Ok(Arc::new(node))
+}
+
+/// `wharf cluster init`: makes a fresh data directory the first voter of a new cluster and
+/// returns its node id and cluster id.
+pub async fn init_cluster(config: &Config) -> Result<NodeIdentity, ServerError> {
+    if identity::load(&config.server.data_dir)?.is_some() {
+        return Err(ServerError::Identity(format!(
+            "{} already belongs to a cluster",
+            config.server.data_dir.display()
+        )));
+    }
+    let options = RunOptions {
+        bootstrap: true,
+        join_token: None,
+    };
+    let cluster = start_cluster(config, &options).await?;
+    cluster.shutdown().await;
+    identity::load(&config.server.data_dir)?
+        .ok_or_else(|| ServerError::Identity("node.toml was not written".into()))
+}
+
 /// Runs a node until `shutdown` resolves, then stops it gracefully (in-flight requests finish,
 /// raft closes its databases).
 pub async fn run(
     config: Config,
+    options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let data_dir: PathBuf = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)?;
-    let identity = identity::load_or_create(&data_dir, &config.server.region)?;
-    let node_id = identity.node_id;
-    tracing::info!(node_id, data_dir = %data_dir.display(), "starting");
+    let cluster = start_cluster(&config, &options).await?;
+    let node_id = cluster.node_id();
+    tracing::info!(node_id, cluster_id = cluster.cluster_id(), cluster_addr = %cluster.cluster_addr(), data_dir = %data_dir.display(), "starting");
 
     let blobs = FsBlobStore::open(&data_dir, node_id)?;
     blobs.set_min_free(config.storage.min_free_bytes);
-    let info = NodeInfo {
-        addr: config.server.listen.to_string(),
-        region: identity.region.clone(),
-        client_url: format!("http://{}", config.server.listen),
-    };
-    let cluster = Arc::new(ClusterNode::start_single(&data_dir, node_id, info).await?);
     let registry = Registry::new(
         cluster.clone(),
         blobs.clone(),
@@ -109,6 +239,10 @@ fn routes(config: &Config, registry: Registry, cluster: Arc<ClusterNode>, node_i
         registry,
         max_body: config.http.max_admin_body_bytes,
     });
+    let cluster_api = cluster_api::router(cluster_api::ClusterApiState {
+        cluster: cluster.clone(),
+        max_body: config.http.max_admin_body_bytes,
+    });
     let health = Router::new()
         .route("/livez", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
@@ -118,6 +252,7 @@ fn routes(config: &Config, registry: Registry, cluster: Arc<ClusterNode>, node_i
         .merge(oci)
         .merge(generic)
         .merge(admin)
+        .merge(cluster_api)
         .merge(health)
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
         // Every body is either streamed or read under its route's own limit; axum's 2 MB default
@@ -135,7 +270,7 @@ async fn readyz(State(h): State<Health>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no leader yet or still applying the log\n",
+            "not ready: no leader yet, or still catching up with the log\n",
         )
             .into_response()
     }
@@ -147,12 +282,14 @@ async fn metrics(State(h): State<Health>) -> Response {
         "# TYPE wharf_node_ready gauge\nwharf_node_ready{{node=\"{id}\"}} {ready}\n\
          # TYPE wharf_raft_term gauge\nwharf_raft_term{{node=\"{id}\"}} {term}\n\
          # TYPE wharf_raft_last_applied gauge\nwharf_raft_last_applied{{node=\"{id}\"}} {applied}\n\
-         # TYPE wharf_raft_is_leader gauge\nwharf_raft_is_leader{{node=\"{id}\"}} {leader}\n",
+         # TYPE wharf_raft_is_leader gauge\nwharf_raft_is_leader{{node=\"{id}\"}} {leader}\n\
+         # TYPE wharf_raft_is_voter gauge\nwharf_raft_is_voter{{node=\"{id}\"}} {voter}\n",
         id = c.node_id(),
         ready = u8::from(c.is_ready()),
         term = c.current_term(),
         applied = c.last_applied_index().unwrap_or(0),
         leader = u8::from(c.current_leader() == Some(c.node_id())),
+        voter = u8::from(c.is_voter()),
     );
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
