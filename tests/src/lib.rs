@@ -10,6 +10,7 @@
 //! files, restarts, Wharf-only rules) live in the `generic` and `wharf` modules of the test binary.
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
 
+pub mod cluster;
 pub mod cmd;
 pub mod dockerd;
 pub mod env;

@@ -128,9 +128,14 @@ pub struct OciHttp {
 
 impl OciHttp {
     pub fn new(server: &Wharf) -> OciHttp {
+        OciHttp::at(&server.url())
+    }
+
+    /// A client for the node at `base` (`http://host:port`).
+    pub fn at(base: &str) -> OciHttp {
         OciHttp {
             client: http_client(),
-            base: server.url(),
+            base: base.to_string(),
         }
     }
 

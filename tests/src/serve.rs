@@ -28,7 +28,23 @@ impl Served {
             .local_addr()
             .unwrap()
             .port();
-        std::fs::write(dir.path().join("wharf.toml"), make_config(port)).unwrap();
+        let mut config = make_config(port);
+        if !config.contains("[cluster]") {
+            // Tests run side by side: the cluster listener takes any free loopback port.
+            config.push_str("\n[cluster]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        std::fs::write(dir.path().join("wharf.toml"), config).unwrap();
+        // Only `wharf cluster init` creates a cluster (DESIGN.md §1.8).
+        let init = Command::new(wharf_bin())
+            .args(["cluster", "init", "--config"])
+            .arg(dir.path().join("wharf.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "wharf cluster init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(wharf_bin())
             .arg("serve")

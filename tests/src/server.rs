@@ -351,7 +351,7 @@ fn external_registry() -> Option<String> {
 }
 
 /// A `127.0.0.1:PORT` that was free a moment ago.
-fn free_addr() -> String {
+pub fn free_addr() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
 }

@@ -86,8 +86,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         }
         ClusterCommand::JoinToken { ttl_secs } => {
             let body = json!({ "ttl_secs": ttl_secs });
-            let value =
-                send(client.post(format!("{base}/api/v1/cluster/join-tokens")).json(&body)).await?;
+            let value = send(
+                client
+                    .post(format!("{base}/api/v1/cluster/join-tokens"))
+                    .json(&body),
+            )
+            .await?;
             if as_json {
                 println!("{value}");
             } else {
@@ -99,8 +103,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::Remove(a) => change(&client, &base, "remove", a, as_json).await?,
         ClusterCommand::TransferLeader { node_id } => {
             let body = json!({ "node_id": node_id });
-            let value =
-                send(client.post(format!("{base}/api/v1/cluster/leader")).json(&body)).await?;
+            let value = send(
+                client
+                    .post(format!("{base}/api/v1/cluster/leader"))
+                    .json(&body),
+            )
+            .await?;
             if as_json {
                 println!("{value}");
             } else {
@@ -160,7 +168,10 @@ async fn change(
 }
 
 fn print_status(status: &Value) {
-    println!("cluster {}", status["cluster_id"].as_str().unwrap_or_default());
+    println!(
+        "cluster {}",
+        status["cluster_id"].as_str().unwrap_or_default()
+    );
     println!(
         "leader {}  term {}  committed {}",
         status["leader"], status["term"], status["committed_index"]

@@ -89,10 +89,14 @@ impl DevNode {
             && let Some(status) = child.try_wait()?
         {
             self.child = None;
+            let log = std::fs::read_to_string(self.dir.join("wharf.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
-                "node {} exited ({status}); see {}",
+                "node {} exited ({status}); the end of {}:\n{}",
                 self.index,
-                self.dir.join("wharf.log").display()
+                self.dir.join("wharf.log").display(),
+                tail.join("\n")
             );
         }
         Ok(())
@@ -101,7 +105,10 @@ impl DevNode {
 
 pub async fn run(data_dir: PathBuf, nodes: usize, listen: SocketAddr) -> anyhow::Result<()> {
     if !(2..=REGIONS.len()).contains(&nodes) {
-        bail!("--nodes must be between 2 and {} (1 is plain `wharf dev`)", REGIONS.len());
+        bail!(
+            "--nodes must be between 2 and {} (1 is plain `wharf dev`)",
+            REGIONS.len()
+        );
     }
     let mut members = Vec::new();
     for index in 1..=nodes {

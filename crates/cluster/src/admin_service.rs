@@ -26,7 +26,9 @@ pub(crate) fn action_from_wire(action: i32) -> Result<MembershipAction, AdminErr
         Ok(pb::change_membership_request::Action::Promote) => Ok(MembershipAction::Promote),
         Ok(pb::change_membership_request::Action::Demote) => Ok(MembershipAction::Demote),
         Ok(pb::change_membership_request::Action::Remove) => Ok(MembershipAction::Remove),
-        _ => Err(AdminError::Refused(format!("unknown membership action {action}"))),
+        _ => Err(AdminError::Refused(format!(
+            "unknown membership action {action}"
+        ))),
     }
 }
 
@@ -81,7 +83,9 @@ impl pb::admin_server::Admin for AdminService {
         // No identity yet: the token is the credential.
         let join = request.into_inner();
         if join.cluster_addr.is_empty() || join.region.is_empty() {
-            return Err(Status::invalid_argument("cluster_addr and region are required"));
+            return Err(Status::invalid_argument(
+                "cluster_addr and region are required",
+            ));
         }
         let leads = self.core.metrics().current_leader == Some(self.core.node_id);
         if !leads {

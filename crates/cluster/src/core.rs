@@ -22,13 +22,17 @@ use openraft::{ChangeMembers, RaftMetrics, ReadPolicy};
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use wharf_meta::raft_types::NodeInfo;
-use wharf_meta::{Command, CommandResult, Envelope, MetaError, Outcome, TypeConfig, decode, encode};
+use wharf_meta::{
+    Command, CommandResult, Envelope, MetaError, Outcome, TypeConfig, decode, encode,
+};
 use wharf_proto::admin as pb;
 use wharf_proto::admin::admin_client::AdminClient;
 use wharf_types::NodeId;
 
 use crate::Raft;
-use crate::membership::{self, ClusterStatus, MemberStatus, MembershipAction, MembershipPlan, Role};
+use crate::membership::{
+    self, ClusterStatus, MemberStatus, MembershipAction, MembershipPlan, Role,
+};
 use crate::peers::{Lane, Peers};
 use crate::read_batch::BarrierFailure;
 
@@ -213,7 +217,9 @@ impl Core {
                     return Ok(result);
                 }
                 Err(Attempt::Stopped) if !maybe_proposed => {
-                    return Err(MetaError::NoQuorum("the raft node is shut down".to_string()));
+                    return Err(MetaError::NoQuorum(
+                        "the raft node is shut down".to_string(),
+                    ));
                 }
                 Err(Attempt::Stopped) => {
                     return Err(MetaError::OutcomeUnknown(
@@ -298,7 +304,9 @@ impl Core {
         envelope: &Envelope,
         timeout: Duration,
     ) -> Result<(u64, CommandResult), Attempt> {
-        let mut client = self.admin_client(leader, addr).map_err(Attempt::NotProposed)?;
+        let mut client = self
+            .admin_client(leader, addr)
+            .map_err(Attempt::NotProposed)?;
         let body = encode(envelope).map_err(|e| Attempt::Fatal(e.to_string()))?;
         let mut request = self
             .peers
@@ -596,7 +604,12 @@ impl Core {
         if to == self.node_id {
             return Ok(to);
         }
-        if !m.membership_config.membership().voter_ids().any(|v| v == to) {
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == to)
+        {
             return Err(AdminError::Refused(format!("node {to} is not a voter")));
         }
         self.raft
@@ -614,7 +627,11 @@ impl Core {
 
     /// Runs `op` against the leader's admin service, from any node. Retries while no leader is
     /// known or the leader changes, until `timeout`.
-    pub(crate) async fn on_leader<T, F, Fut>(&self, timeout: Duration, op: F) -> Result<T, AdminError>
+    pub(crate) async fn on_leader<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        op: F,
+    ) -> Result<T, AdminError>
     where
         F: Fn(AdminClient<Channel>, NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -631,7 +648,8 @@ impl Core {
                 },
                 Err(why) => AdminError::NoQuorum(why),
             };
-            if !matches!(error, AdminError::NoQuorum(_)) || Instant::now() + RETRY_PAUSE >= deadline {
+            if !matches!(error, AdminError::NoQuorum(_)) || Instant::now() + RETRY_PAUSE >= deadline
+            {
                 return Err(error);
             }
             tokio::time::sleep(RETRY_PAUSE).await;

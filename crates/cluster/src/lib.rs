@@ -26,4 +26,5 @@ pub use node::{ClusterError, ClusterNode, JoinTicket, RaftTiming, StartMode, Sta
 pub use wharf_meta::raft_types::NodeInfo;
 
 /// The openraft node type of Wharf.
-pub(crate) type Raft = openraft::Raft<wharf_meta::TypeConfig, wharf_meta::state_machine::StateMachineStore>;
+pub(crate) type Raft =
+    openraft::Raft<wharf_meta::TypeConfig, wharf_meta::state_machine::StateMachineStore>;

@@ -198,7 +198,11 @@ mod tests {
             member(4, Role::Learner, Some(3)),
         ]);
         assert!(plan(&s, MembershipAction::Promote, 2, 1000).is_err());
-        assert!(plan(&s, MembershipAction::Promote, 3, 1000).unwrap_err().contains("lags"));
+        assert!(
+            plan(&s, MembershipAction::Promote, 3, 1000)
+                .unwrap_err()
+                .contains("lags")
+        );
         assert!(plan(&s, MembershipAction::Promote, 1, 1000).is_err());
         let p = plan(&s, MembershipAction::Promote, 4, 1000).unwrap();
         assert_eq!(p.voters_before, vec![1]);

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
-use openraft::errors::{
-    NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable,
-};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
@@ -99,7 +97,12 @@ impl GrpcNetwork {
     }
 
     /// One unary call under the RPC's soft deadline.
-    async fn unary<Req, Resp, F, Fut>(&self, ttl: Duration, message: Req, call: F) -> Result<Resp, Error>
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        ttl: Duration,
+        message: Req,
+        call: F,
+    ) -> Result<Resp, Error>
     where
         F: FnOnce(RaftClient<tonic::transport::Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
@@ -176,7 +179,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
     ) -> Result<VoteResponse<TypeConfig>, Error> {
         let message = pb::VoteRequest { body: body(&rpc)? };
         let response = self
-            .unary(option.soft_ttl(), message, |mut c, r| async move { c.vote(r).await })
+            .unary(option.soft_ttl(), message, |mut c, r| async move {
+                c.vote(r).await
+            })
             .await?;
         unbody(&response.body)
     }
@@ -263,10 +268,9 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
             // Dropping `wire_tx` here ends the stream.
             Ok(())
         };
-        let request = self.peers.request(
-            target,
-            tokio_stream::wrappers::ReceiverStream::new(wire_rx),
-        );
+        let request = self
+            .peers
+            .request(target, tokio_stream::wrappers::ReceiverStream::new(wire_rx));
         let call = async {
             let (pumped, response) = tokio::join!(pump, client.install_snapshot(request));
             let failed = |what: String| {

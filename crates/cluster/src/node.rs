@@ -303,25 +303,6 @@ impl ClusterNode {
             self_id: opts.node_id,
             raft: raft.clone(),
         };
-        let (stop_server, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve_cluster(
-            listener,
-            RaftService {
-                raft: raft.clone(),
-                identity: identity.clone(),
-                incoming_dir,
-                chunk_timeout: t.snapshot_chunk_timeout,
-                next_incoming: AtomicU64::new(0),
-                core: core.clone(),
-            },
-            AdminService {
-                core: core.clone(),
-                identity,
-                propose_timeout: PROPOSE_TIMEOUT,
-                read_timeout: READ_BARRIER_TIMEOUT,
-            },
-            stopped,
-        ));
         let barrier_core = core.clone();
         let barrier: BarrierFn = Box::new(move || {
             let core = barrier_core.clone();
@@ -333,8 +314,8 @@ impl ClusterNode {
             log: log_handle,
             reads: ReadBatcher::new(barrier),
             cluster_addr,
-            stop_server,
-            server: tokio::sync::Mutex::new(Some(server)),
+            stop_server: watch::channel(false).0,
+            server: tokio::sync::Mutex::new(None),
         };
 
         let node_id = opts.node_id;
@@ -360,8 +341,36 @@ impl ClusterNode {
                 .await?;
             bootstrapped = true;
         } else {
-            tracing::info!(node_id, "waiting for the leader to replicate to this new member");
+            tracing::info!(
+                node_id,
+                "waiting for the leader to replicate to this new member"
+            );
         }
+
+        // Only now take peer traffic: the checks above read the state this node started with,
+        // not entries a leader is already replicating to it.
+        let (stop_server, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve_cluster(
+            listener,
+            RaftService {
+                raft: node.core.raft.clone(),
+                identity: identity.clone(),
+                incoming_dir,
+                chunk_timeout: t.snapshot_chunk_timeout,
+                next_incoming: AtomicU64::new(0),
+                core: node.core.clone(),
+            },
+            AdminService {
+                core: node.core.clone(),
+                identity,
+                propose_timeout: PROPOSE_TIMEOUT,
+                read_timeout: READ_BARRIER_TIMEOUT,
+            },
+            stopped,
+        ));
+        let mut node = node;
+        node.stop_server = stop_server;
+        *node.server.get_mut() = Some(server);
 
         let voters: Vec<NodeId> = node
             .core
@@ -448,6 +457,16 @@ impl ClusterNode {
     /// Index of the last entry applied to the state machine.
     pub fn last_applied_index(&self) -> Option<u64> {
         self.core.metrics().last_applied.map(|id| id.index)
+    }
+
+    /// Log index of the last snapshot this node built or installed.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.core.metrics().snapshot.map(|id| id.index)
+    }
+
+    /// Log index up to which this node's log was purged (behind its snapshot).
+    pub fn purged_index(&self) -> Option<u64> {
+        self.core.metrics().purged.map(|id| id.index)
     }
 
     /// Whether this node is a voter in the configuration it knows.
@@ -544,7 +563,12 @@ impl ClusterNode {
             .core
             .on_leader(PROPOSE_TIMEOUT, |mut client, leader| {
                 let request = peers.request(leader, request.clone());
-                async move { client.change_membership(request).await.map(|r| r.into_inner()) }
+                async move {
+                    client
+                        .change_membership(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await?;
         Ok(MembershipPlan {
@@ -565,7 +589,12 @@ impl ClusterNode {
         self.core
             .on_leader(PROPOSE_TIMEOUT, |mut client, leader| {
                 let request = peers.request(leader, pb::TransferLeaderRequest { node_id: to });
-                async move { client.transfer_leader(request).await.map(|r| r.into_inner().leader) }
+                async move {
+                    client
+                        .transfer_leader(request)
+                        .await
+                        .map(|r| r.into_inner().leader)
+                }
             })
             .await
     }
@@ -580,7 +609,10 @@ impl ClusterNode {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, server).await;
         }
         if let Err(e) = self.core.raft.shutdown().await {
-            tracing::warn!(node_id = self.core.node_id, "raft core ended abnormally: {e}");
+            tracing::warn!(
+                node_id = self.core.node_id,
+                "raft core ended abnormally: {e}"
+            );
         }
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
         while self.log.handle_count() > 1 || Arc::strong_count(&self.state) > 1 {
@@ -865,25 +897,51 @@ mod tests {
             };
             // Join through the newest member, which forwards to the leader if needed.
             let via = nodes.last().unwrap().cluster_addr().to_string();
-            let ticket = join(&via, &token, &info, Duration::from_secs(10)).await.unwrap();
+            let ticket = join(&via, &token, &info, Duration::from_secs(10))
+                .await
+                .unwrap();
             assert_eq!(ticket.cluster_id, "c1");
             assert_eq!(ticket.node_id, i as u64 + 1, "ids are minted in order");
             // A used token is refused.
             let again = join(&via, &token, &info, Duration::from_secs(10)).await;
-            assert!(again.is_ok(), "the same joiner retrying gets its ticket again");
+            assert!(
+                again.is_ok(),
+                "the same joiner retrying gets its ticket again"
+            );
             assert_eq!(again.unwrap().node_id, ticket.node_id);
-            let node = start_member(dirs[i].path(), ticket.node_id, "c1", addrs[i], StartMode::Member).await;
+            let node = start_member(
+                dirs[i].path(),
+                ticket.node_id,
+                "c1",
+                addrs[i],
+                StartMode::Member,
+            )
+            .await;
             wait_for("learner catches up", || node.is_ready()).await;
             nodes.push(node);
         }
-        let bad = join(&addrs[0].to_string(), "wharf-join-bogus", &NodeInfo::default(), Duration::from_secs(5)).await;
+        let bad = join(
+            &addrs[0].to_string(),
+            "wharf-join-bogus",
+            &NodeInfo::default(),
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(bad.is_err());
 
         for id in [2, 3] {
-            let dry = nodes[1].change_membership(MembershipAction::Promote, id, None, true).await.unwrap();
+            let dry = nodes[1]
+                .change_membership(MembershipAction::Promote, id, None, true)
+                .await
+                .unwrap();
             assert!(dry.voters_after.contains(&id));
             let done = nodes[2]
-                .change_membership(MembershipAction::Promote, id, Some(dry.membership_index), false)
+                .change_membership(
+                    MembershipAction::Promote,
+                    id,
+                    Some(dry.membership_index),
+                    false,
+                )
                 .await
                 .unwrap();
             assert!(done.voters_after.contains(&id));
@@ -893,7 +951,10 @@ mod tests {
         assert_eq!(status.leader, Some(1));
 
         tracing::info!("--- a write through a follower is applied there before the answer");
-        nodes[2].propose(ctx("w1"), create_repo("through-follower")).await.unwrap();
+        nodes[2]
+            .propose(ctx("w1"), create_repo("through-follower"))
+            .await
+            .unwrap();
         assert!(repo_exists(&nodes[2], "through-follower"));
         nodes[1].read_barrier().await.unwrap();
         assert!(repo_exists(&nodes[1], "through-follower"));
@@ -901,15 +962,25 @@ mod tests {
         tracing::info!("--- the leader stops; the others elect a new one and keep taking writes");
         nodes[0].shutdown().await;
         wait_for("a new leader", || {
-            matches!(nodes[1].current_leader(), Some(2 | 3)) && nodes[1].current_leader() == nodes[2].current_leader()
+            matches!(nodes[1].current_leader(), Some(2 | 3))
+                && nodes[1].current_leader() == nodes[2].current_leader()
         })
         .await;
-        let r1 = nodes[1].propose(ctx("after-failover"), create_repo("after")).await.unwrap();
-        let r2 = nodes[2].propose(ctx("after-failover"), create_repo("after-dup")).await.unwrap();
+        let r1 = nodes[1]
+            .propose(ctx("after-failover"), create_repo("after"))
+            .await
+            .unwrap();
+        let r2 = nodes[2]
+            .propose(ctx("after-failover"), create_repo("after-dup"))
+            .await
+            .unwrap();
         assert_eq!(r1, r2, "a retried request id returns the first result");
         nodes[2].read_barrier().await.unwrap();
         assert!(repo_exists(&nodes[2], "after"));
-        assert!(!repo_exists(&nodes[2], "after-dup"), "the retry did not apply again");
+        assert!(
+            !repo_exists(&nodes[2], "after-dup"),
+            "the retry did not apply again"
+        );
         for n in &nodes[1..] {
             n.shutdown().await;
         }

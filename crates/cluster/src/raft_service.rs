@@ -77,30 +77,35 @@ impl pb::raft_server::Raft for RaftService {
         let input = request.into_inner().filter_map(move |item| {
             let core = core.clone();
             async move {
-            match item {
-                Ok(message) => match decode::<AppendEntriesRequest<TypeConfig>>(&message.body) {
-                    Ok(rpc) => {
-                        core.heard_from_leader();
-                        Some(rpc)
+                match item {
+                    Ok(message) => {
+                        match decode::<AppendEntriesRequest<TypeConfig>>(&message.body) {
+                            Ok(rpc) => {
+                                core.heard_from_leader();
+                                Some(rpc)
+                            }
+                            Err(e) => {
+                                tracing::warn!("undecodable append request: {e}");
+                                None
+                            }
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!("undecodable append request: {e}");
+                    Err(status) => {
+                        tracing::debug!("append stream ended: {status}");
                         None
                     }
-                },
-                Err(status) => {
-                    tracing::debug!("append stream ended: {status}");
-                    None
                 }
             }
-            }
         });
-        let output = self.raft.stream_append(Box::pin(input)).map(|item| match item {
-            Ok(result) => Ok(pb::StreamAppendResponse {
-                body: encoded(&result)?,
-            }),
-            Err(fatal) => Err(raft_failed(fatal)),
-        });
+        let output = self
+            .raft
+            .stream_append(Box::pin(input))
+            .map(|item| match item {
+                Ok(result) => Ok(pb::StreamAppendResponse {
+                    body: encoded(&result)?,
+                }),
+                Err(fatal) => Err(raft_failed(fatal)),
+            });
         Ok(Response::new(Box::pin(output)))
     }
 
@@ -152,8 +157,12 @@ impl pb::raft_server::Raft for RaftService {
         self.identity.check(request.metadata())?;
         let mut stream = request.into_inner();
         let timeout = self.chunk_timeout;
-        let Some(pb::snapshot_chunk::Part::Header(header)) = next_part(&mut stream, timeout).await? else {
-            return Err(Status::invalid_argument("a snapshot stream starts with its header"));
+        let Some(pb::snapshot_chunk::Part::Header(header)) =
+            next_part(&mut stream, timeout).await?
+        else {
+            return Err(Status::invalid_argument(
+                "a snapshot stream starts with its header",
+            ));
         };
         let vote: VoteOf<TypeConfig> = decode(&header.vote).map_err(bad_body)?;
         let meta: SnapshotMeta = decode(&header.meta).map_err(bad_body)?;

@@ -294,12 +294,14 @@ impl Config {
         }
         if c.election_timeout_max_ms <= c.election_timeout_min_ms {
             return Err(ConfigError::Invalid(
-                "cluster.election_timeout_max_ms must exceed cluster.election_timeout_min_ms".into(),
+                "cluster.election_timeout_max_ms must exceed cluster.election_timeout_min_ms"
+                    .into(),
             ));
         }
         if c.snapshot_every_entries == 0 || c.snapshot_chunk_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
-                "cluster.snapshot_every_entries and snapshot_chunk_timeout_ms must be positive".into(),
+                "cluster.snapshot_every_entries and snapshot_chunk_timeout_ms must be positive"
+                    .into(),
             ));
         }
         if c.advertised().ip().is_unspecified() {
@@ -347,7 +349,9 @@ impl Config {
 fn is_loopback_addr(addr: &str) -> bool {
     match addr.parse::<SocketAddr>() {
         Ok(a) => a.ip().is_loopback(),
-        Err(_) => addr.rsplit_once(':').is_some_and(|(host, _)| host == "localhost"),
+        Err(_) => addr
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host == "localhost"),
     }
 }
 
@@ -370,7 +374,13 @@ mod tests {
 
     #[test]
     fn cluster_settings_are_checked() {
-        let bad = |text: &str| Config::parse(text).unwrap().validate().unwrap_err().to_string();
+        let bad = |text: &str| {
+            Config::parse(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
         assert!(bad("[cluster]\nheartbeat_ms = 1000\n").contains("twice"));
         assert!(bad("[cluster]\nlisten = \"0.0.0.0:7071\"\n").contains("advertise"));
         assert!(bad("[cluster]\nlisten = \"10.0.0.1:7071\"\n").contains("loopback"));

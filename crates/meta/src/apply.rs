@@ -15,8 +15,7 @@ use crate::command::{
     RepoSettings,
 };
 use crate::records::{
-    BlobRecord, FileRecord, JoinTokenRecord, LinkRecord, ManifestRecord, RepoRecord,
-    RequestRecord,
+    BlobRecord, FileRecord, JoinTokenRecord, LinkRecord, ManifestRecord, RepoRecord, RequestRecord,
 };
 use crate::tables::{self, StateTable, key, prefix};
 
@@ -523,7 +522,9 @@ impl Ctx<'_> {
         let refused = |why: &str| {
             Ok(Err(Rejection::new(
                 ErrorCode::Unauthorized,
-                format!("join token refused: {why}; create a new one with `wharf cluster join-token`"),
+                format!(
+                    "join token refused: {why}; create a new one with `wharf cluster join-token`"
+                ),
             )))
         };
         let Some(mut token) = get_json::<JoinTokenRecord>(self.txn, tables::CLUSTER, &token_key)?
@@ -1188,8 +1189,14 @@ mod tests {
         };
 
         refused(sm.apply(admit("never-created")));
-        assert_eq!(sm.apply(create("t1", u64::MAX)), CommandResult::Ok(Outcome::Applied));
-        assert_eq!(sm.apply(create("t2", u64::MAX)), CommandResult::Ok(Outcome::Applied));
+        assert_eq!(
+            sm.apply(create("t1", u64::MAX)),
+            CommandResult::Ok(Outcome::Applied)
+        );
+        assert_eq!(
+            sm.apply(create("t2", u64::MAX)),
+            CommandResult::Ok(Outcome::Applied)
+        );
         assert_eq!(
             sm.apply(admit("t1")),
             CommandResult::Ok(Outcome::NodeAdmitted { node_id: 2 })
@@ -1205,7 +1212,10 @@ mod tests {
         // A retry of an admission with the same request id gets the same id, not a new one.
         sm.apply(create("t4", u64::MAX));
         let first = sm.apply_as("join-retry", admit("t4"));
-        assert_eq!(first, CommandResult::Ok(Outcome::NodeAdmitted { node_id: 4 }));
+        assert_eq!(
+            first,
+            CommandResult::Ok(Outcome::NodeAdmitted { node_id: 4 })
+        );
         assert_eq!(sm.apply_as("join-retry", admit("t4")), first);
     }
 }

@@ -216,3 +216,35 @@ pub fn files_under(
         })
         .collect()
 }
+
+/// A hash of the whole state (every table, every key and value, in order) and the log index it
+/// was applied up to, from one read transaction. Nodes at the same applied index must report
+/// the same hash (DESIGN.md §1.1).
+pub fn state_hash(txn: &ReadTransaction) -> Result<(Option<u64>, String)> {
+    use redb::{ReadableTable, TableHandle};
+    use sha2::{Digest as _, Sha256};
+
+    let mut hasher = Sha256::new();
+    for table in tables::STATE_TABLES {
+        let Some(t) = open(txn, *table)? else {
+            continue;
+        };
+        let name = table.name().as_bytes();
+        hasher.update((name.len() as u64).to_be_bytes());
+        hasher.update(name);
+        for item in t.iter()? {
+            let (k, v) = item?;
+            hasher.update((k.value().len() as u64).to_be_bytes());
+            hasher.update(k.value());
+            hasher.update((v.value().len() as u64).to_be_bytes());
+            hasher.update(v.value());
+        }
+    }
+    let applied = match get_raw(txn, tables::SM_META, b"last_applied")? {
+        Some(bytes) => crate::log_store::decode::<Option<crate::raft_types::LogId>>(&bytes)
+            .map_err(|e| MetaError::Fatal(format!("sm_meta/last_applied: {e}")))?
+            .map(|id| id.index),
+        None => None,
+    };
+    Ok((applied, hex::encode(hasher.finalize())))
+}

@@ -324,7 +324,7 @@ impl Registry {
         if let Some(bytes) = self.documents.get(digest) {
             return Ok(bytes);
         }
-        let mut reader = self.blobs.read(digest, None).await?;
+        let mut reader = self.open_local(digest, None).await?;
         let mut buf = bytes::BytesMut::with_capacity(usize::try_from(reader.len).unwrap_or(0));
         while let Some(chunk) = futures::StreamExt::next(&mut reader.stream).await {
             let chunk = chunk.map_err(|e| {
@@ -335,6 +335,29 @@ impl Registry {
         let bytes = buf.freeze();
         self.documents.insert(digest.clone(), bytes.clone());
         Ok(bytes)
+    }
+
+    /// Opens the local copy of a blob. A blob the cluster knows but this node does not hold
+    /// (it was uploaded to another node) is NOT_HELD_HERE (503 + Retry-After), never a false
+    /// "unknown". Fetching it from a holder arrives with blob replication.
+    async fn open_local(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobReader> {
+        match self.blobs.read(digest, range).await {
+            Err(wharf_blob::BlobError::NotFound) => {
+                let record = self.read(|t| query::blob(t, digest))?;
+                match record {
+                    Some(r) if !r.holders.contains(&self.node_id) => Err(RegistryError::new(
+                        ErrorCode::NotHeldHere,
+                        format!(
+                            "{digest} is stored on node(s) {:?}, not on node {}; serving it from \
+                             another node needs blob replication, which is not built yet",
+                            r.holders, self.node_id
+                        ),
+                    )),
+                    _ => Err(wharf_blob::BlobError::NotFound.into()),
+                }
+            }
+            other => other.map_err(Into::into),
+        }
     }
 
     /// Opens a stored blob for reading (whole or an inclusive range), chunk-verified.
@@ -355,7 +378,7 @@ impl Registry {
                 ),
             ));
         };
-        let mut reader = self.blobs.read(digest, range).await?;
+        let mut reader = self.open_local(digest, range).await?;
         // The permit lives as long as the stream: released when the response is done or dropped.
         reader.stream = Box::pin(futures::StreamExt::map(reader.stream, move |item| {
             let _held = &permit;

@@ -7,6 +7,7 @@
 //! POST /api/v1/cluster/membership      {"action":"promote|demote|remove","node_id",
 //!                                       "expected_membership_index"?,"dry_run"} -> plan
 //! POST /api/v1/cluster/leader          {"node_id"} -> {"leader"}
+//! GET  /api/v1/cluster/state-hash      this node: {"node","applied_index","sha256"} (local)
 //! ```
 
 use std::sync::Arc;
@@ -38,17 +39,28 @@ pub(crate) struct ClusterApiState {
 pub(crate) fn router(state: ClusterApiState) -> Router {
     Router::new()
         .route("/api/v1/cluster", axum::routing::get(status))
-        .route("/api/v1/cluster/join-tokens", axum::routing::post(join_token))
-        .route("/api/v1/cluster/membership", axum::routing::post(membership))
-        .route("/api/v1/cluster/leader", axum::routing::post(transfer_leader))
+        .route(
+            "/api/v1/cluster/join-tokens",
+            axum::routing::post(join_token),
+        )
+        .route(
+            "/api/v1/cluster/membership",
+            axum::routing::post(membership),
+        )
+        .route(
+            "/api/v1/cluster/leader",
+            axum::routing::post(transfer_leader),
+        )
+        .route("/api/v1/cluster/state-hash", axum::routing::get(state_hash))
         .with_state(state)
 }
 
 fn unavailable(code: ErrorCode, message: String) -> Response {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, code, message);
-    response
-        .headers_mut()
-        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
     response
 }
 
@@ -84,7 +96,11 @@ async fn json_body<T: DeserializeOwned>(request: Request, max: u64) -> Result<T,
                 "request body too large or broken",
             )
         })?;
-    let bytes = if bytes.is_empty() { &b"{}"[..] } else { &bytes[..] };
+    let bytes = if bytes.is_empty() {
+        &b"{}"[..]
+    } else {
+        &bytes[..]
+    };
     serde_json::from_slice(bytes).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -184,5 +200,32 @@ async fn transfer_leader(State(state): State<ClusterApiState>, request: Request)
     match state.cluster.transfer_leader(body.node_id).await {
         Ok(leader) => axum::Json(serde_json::json!({ "leader": leader })).into_response(),
         Err(e) => admin_error(e),
+    }
+}
+
+/// This node's state hash at its applied index, read locally (no barrier): operators and tests
+/// compare nodes at equal applied indexes.
+async fn state_hash(State(state): State<ClusterApiState>) -> Response {
+    use redb::ReadableDatabase;
+    use wharf_meta::MetaHandle;
+    let db = state.cluster.state();
+    let hashed = tokio::task::spawn_blocking(move || {
+        let txn = db.begin_read().map_err(MetaError::from)?;
+        wharf_meta::query::state_hash(&txn)
+    })
+    .await;
+    match hashed {
+        Ok(Ok((applied, sha256))) => axum::Json(serde_json::json!({
+            "node": state.cluster.node_id(),
+            "applied_index": applied,
+            "sha256": sha256,
+        }))
+        .into_response(),
+        Ok(Err(e)) => meta_error(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        ),
     }
 }

@@ -83,7 +83,11 @@ fn client_url(config: &Config) -> String {
     match &config.server.public_url {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => {
-            let scheme = if config.http.tls.is_some() { "https" } else { "http" };
+            let scheme = if config.http.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             format!("{scheme}://{}", config.server.listen)
         }
     }
@@ -117,7 +121,11 @@ async fn establish_identity(
             client_url: client_url(config),
         };
         let ticket = wharf_cluster::join(join, &token, &info, JOIN_TIMEOUT).await?;
-        tracing::info!(node_id = ticket.node_id, cluster_id = ticket.cluster_id, "joined the cluster as a learner");
+        tracing::info!(
+            node_id = ticket.node_id,
+            cluster_id = ticket.cluster_id,
+            "joined the cluster as a learner"
+        );
         let identity = NodeIdentity {
             node_id: ticket.node_id,
             region: config.server.region.clone(),
@@ -283,13 +291,17 @@ async fn metrics(State(h): State<Health>) -> Response {
          # TYPE wharf_raft_term gauge\nwharf_raft_term{{node=\"{id}\"}} {term}\n\
          # TYPE wharf_raft_last_applied gauge\nwharf_raft_last_applied{{node=\"{id}\"}} {applied}\n\
          # TYPE wharf_raft_is_leader gauge\nwharf_raft_is_leader{{node=\"{id}\"}} {leader}\n\
-         # TYPE wharf_raft_is_voter gauge\nwharf_raft_is_voter{{node=\"{id}\"}} {voter}\n",
+         # TYPE wharf_raft_is_voter gauge\nwharf_raft_is_voter{{node=\"{id}\"}} {voter}\n\
+         # TYPE wharf_raft_snapshot_index gauge\nwharf_raft_snapshot_index{{node=\"{id}\"}} {snapshot}\n\
+         # TYPE wharf_raft_purged_index gauge\nwharf_raft_purged_index{{node=\"{id}\"}} {purged}\n",
         id = c.node_id(),
         ready = u8::from(c.is_ready()),
         term = c.current_term(),
         applied = c.last_applied_index().unwrap_or(0),
         leader = u8::from(c.current_leader() == Some(c.node_id())),
         voter = u8::from(c.is_voter()),
+        snapshot = c.snapshot_index().unwrap_or(0),
+        purged = c.purged_index().unwrap_or(0),
     );
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

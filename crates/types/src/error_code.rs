@@ -40,6 +40,9 @@ pub enum ErrorCode {
     Internal,
     /// Free disk space is below `storage.min_free`: uploads are refused (507).
     InsufficientStorage,
+    /// The content exists in the cluster but its bytes are on other nodes only, and this node
+    /// cannot fetch them (503 + Retry-After): never a false "not found".
+    NotHeldHere,
 }
 
 impl ErrorCode {
@@ -68,6 +71,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::Internal,
         ErrorCode::InsufficientStorage,
+        ErrorCode::NotHeldHere,
     ];
 
     /// The code whose wire string is `s`, if any.
@@ -102,6 +106,7 @@ impl ErrorCode {
             NotFound => "NOT_FOUND",
             Internal => "INTERNAL",
             InsufficientStorage => "INSUFFICIENT_STORAGE",
+            NotHeldHere => "NOT_HELD_HERE",
         }
     }
 }

@@ -57,7 +57,10 @@ impl OciError {
         }
         if matches!(
             self.code,
-            ErrorCode::NoQuorum | ErrorCode::OutcomeUnknown | ErrorCode::TooManyRequests
+            ErrorCode::NoQuorum
+                | ErrorCode::OutcomeUnknown
+                | ErrorCode::TooManyRequests
+                | ErrorCode::NotHeldHere
         ) {
             builder = builder.header(header::RETRY_AFTER, "1");
         }
@@ -106,7 +109,7 @@ fn default_status(code: ErrorCode) -> StatusCode {
         Denied => StatusCode::FORBIDDEN,
         Unsupported => StatusCode::METHOD_NOT_ALLOWED,
         TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-        NoQuorum | OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
+        NoQuorum | OutcomeUnknown | NotHeldHere => StatusCode::SERVICE_UNAVAILABLE,
         TagImmutable | Conflict | RepositoryExists => StatusCode::CONFLICT,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
@@ -122,7 +125,7 @@ fn wire_code(code: ErrorCode) -> (&'static str, Option<&'static str>) {
         | SizeInvalid | Unauthorized | Denied | Unsupported | TooManyRequests => {
             (code.as_str(), None)
         }
-        NoQuorum | OutcomeUnknown => ("TOOMANYREQUESTS", Some(code.as_str())),
+        NoQuorum | OutcomeUnknown | NotHeldHere => ("TOOMANYREQUESTS", Some(code.as_str())),
         TagImmutable | Conflict | RepositoryExists | InsufficientStorage => {
             ("DENIED", Some(code.as_str()))
         }

@@ -1,0 +1,413 @@
+//! A multi-process Wharf cluster for tests: one `wharf serve` per node, each with its own
+//! directory, ports and region, formed the way an operator would (`wharf cluster init`, join
+//! tokens, `wharf cluster promote --yes`). Every process is killed by its PID on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::ocihttp::OciHttp;
+use crate::server::{free_addr, signal, wharf_bin};
+
+const REGIONS: [&str; 5] = ["us-east", "eu-west", "ap-south", "sa-east", "af-south"];
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Extra raft settings for a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOpts {
+    pub snapshot_every_entries: u64,
+    pub log_entries_kept: u64,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            snapshot_every_entries: 100_000,
+            log_entries_kept: 20_000,
+        }
+    }
+}
+
+/// One node of a [`TestCluster`].
+pub struct Member {
+    /// 1-based position in the cluster (not the node id).
+    pub index: usize,
+    pub node_id: u64,
+    pub dir: PathBuf,
+    /// `127.0.0.1:PORT` of the client listener.
+    pub client: String,
+    pub cluster: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    pub fn http(&self) -> OciHttp {
+        OciHttp::at(&self.url())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("wharf.log")).unwrap_or_default()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("wharf.toml")
+    }
+}
+
+/// N `wharf serve` processes forming one cluster.
+pub struct TestCluster {
+    _root: tempfile::TempDir,
+    root: PathBuf,
+    opts: ClusterOpts,
+    pub members: Vec<Member>,
+    http: reqwest::blocking::Client,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes: the first creates the cluster, the others join and are promoted.
+    pub fn start(n: usize, opts: ClusterOpts) -> TestCluster {
+        let root = tempfile::Builder::new()
+            .prefix("wharf-cluster-")
+            .tempdir()
+            .unwrap();
+        let mut cluster = TestCluster {
+            root: root.path().to_path_buf(),
+            _root: root,
+            opts,
+            members: Vec::new(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        let first = cluster.new_member(None);
+        let init = wharf(
+            &["cluster", "init", "--json", "--config"],
+            &first.config_path(),
+        );
+        assert!(init.status.success(), "cluster init: {}", stderr(&init));
+        cluster.members.push(first);
+        cluster.spawn(0, None);
+        cluster.wait_ready(0);
+        cluster.members[0].node_id = 1;
+        for _ in 1..n {
+            let i = cluster.add_learner();
+            let id = cluster.members[i].node_id;
+            cluster.promote(0, id);
+        }
+        cluster
+    }
+
+    fn new_member(&self, join: Option<&str>) -> Member {
+        let index = self.members.len() + 1;
+        let dir = self.root.join(format!("node{index}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let member = Member {
+            index,
+            node_id: 0,
+            dir,
+            client: free_addr(),
+            cluster: free_addr(),
+            child: None,
+        };
+        let join = join
+            .map(|a| format!("join = \"{a}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "[server]\nlisten = \"{client}\"\ndata_dir = \"data\"\nregion = \"{region}\"\n\
+             auto_create_repos = true\n\n\
+             [cluster]\nlisten = \"{cluster}\"\n{join}heartbeat_ms = 100\n\
+             election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\
+             snapshot_every_entries = {snap}\nlog_entries_kept = {keep}\n\n\
+             [durability]\nmin_copies = 1\n",
+            client = member.client,
+            cluster = member.cluster,
+            region = REGIONS[(index - 1) % REGIONS.len()],
+            snap = self.opts.snapshot_every_entries,
+            keep = self.opts.log_entries_kept,
+        );
+        std::fs::write(member.config_path(), config).unwrap();
+        member
+    }
+
+    fn spawn(&mut self, i: usize, token: Option<&str>) {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.dir.join("wharf.log"))
+            .unwrap();
+        let mut command = Command::new(wharf_bin());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(m.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(token) = token {
+            command.env("WHARF_JOIN_TOKEN", token);
+        }
+        m.child = Some(command.spawn().unwrap());
+    }
+
+    /// Joins a new node as a learner (not promoted); returns its position.
+    pub fn add_learner(&mut self) -> usize {
+        let via = self.members[0].cluster.clone();
+        let token = self.join_token();
+        let member = self.new_member(Some(&via));
+        self.members.push(member);
+        let i = self.members.len() - 1;
+        self.spawn(i, Some(&token));
+        self.wait_ready(i);
+        let node_toml =
+            std::fs::read_to_string(self.members[i].dir.join("data/node.toml")).unwrap();
+        let id = node_toml
+            .lines()
+            .find_map(|l| l.strip_prefix("node_id = "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no node_id in {node_toml}"));
+        self.members[i].node_id = id;
+        i
+    }
+
+    /// A one-time join token, asked of any running node.
+    pub fn join_token(&self) -> String {
+        let m = self.running().next().unwrap();
+        let out = self.cli(m, &["cluster", "join-token", "--ttl-secs", "300"]);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// `wharf cluster promote <id> --yes` through the node at position `via`, retried while
+    /// the learner is still catching up.
+    pub fn promote(&self, via: usize, id: u64) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let out = self.cli_status(
+                &self.members[via],
+                &["cluster", "promote", &id.to_string(), "--yes"],
+            );
+            if out.status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "promote {id}: {}", stderr(&out));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs the `wharf` CLI against member `m` and insists it succeeds.
+    pub fn cli(&self, m: &Member, args: &[&str]) -> Output {
+        let out = self.cli_status(m, args);
+        assert!(out.status.success(), "wharf {args:?}: {}", stderr(&out));
+        out
+    }
+
+    /// Runs the `wharf` CLI against member `m`.
+    pub fn cli_status(&self, m: &Member, args: &[&str]) -> Output {
+        Command::new(wharf_bin())
+            .args(args)
+            .arg("--endpoint")
+            .arg(m.url())
+            .output()
+            .unwrap()
+    }
+
+    /// `GET /api/v1/cluster` through member `i`.
+    pub fn status(&self, i: usize) -> Value {
+        let out = self.cli(&self.members[i], &["cluster", "status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.is_running())
+    }
+
+    /// The position of the member that currently leads, as the running nodes agree.
+    pub fn leader(&self) -> usize {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for m in self.running() {
+                if let Ok(r) = self.http.get(format!("{}/api/v1/cluster", m.url())).send()
+                    && r.status().is_success()
+                    && let Ok(v) = r.json::<Value>()
+                    && let Some(id) = v["leader"].as_u64()
+                    && let Some(pos) = self
+                        .members
+                        .iter()
+                        .position(|m| m.node_id == id && m.is_running())
+                {
+                    return pos;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until member `i` answers `/readyz` with 200.
+    pub fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = &mut self.members[i].child
+                && let Some(status) = child.try_wait().unwrap()
+            {
+                self.members[i].child = None;
+                panic!(
+                    "node{} exited ({status}):\n{}",
+                    i + 1,
+                    self.members[i].log()
+                );
+            }
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.members[i].url()))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{} not ready:\n{}",
+                i + 1,
+                self.members[i].log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `kill -9` member `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM member `i` and wait for it to exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            signal(child.id(), "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again from its directory and waits until it is ready.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, None);
+        self.wait_ready(i);
+    }
+
+    /// Starts member `i` and returns its exit output instead of waiting for readiness (for
+    /// nodes that must refuse to start).
+    pub fn start_expecting_exit(&self, i: usize) -> Output {
+        let m = &self.members[i];
+        let mut child = Command::new(wharf_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(m.config_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("node{} kept running: {}", i + 1, stderr(&out));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `(applied_index, sha256)` of member `i`'s state machine.
+    pub fn state_hash(&self, i: usize) -> (u64, String) {
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}/api/v1/cluster/state-hash",
+                self.members[i].url()
+            ))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (
+            v["applied_index"].as_u64().unwrap_or(0),
+            v["sha256"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// A `/metrics` gauge of member `i`.
+    pub fn metric(&self, i: usize, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.members[i].url()))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
+    /// Posts JSON to member `i` and returns status and body.
+    pub fn post(&self, i: usize, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.members[i].url()))
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(json!(null)))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn wharf(args: &[&str], config: &Path) -> Output {
+    Command::new(wharf_bin())
+        .args(args)
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,470 @@
+//! Multi-process clusters (issue 4): `wharf dev --nodes 3`, joins and membership changes through
+//! the CLI, writes on any node, failover after kill -9, snapshot catch-up, identity rules.
+//! Blobs stay on the node that received them until replication lands, so cross-node checks
+//! here read metadata (tags, listings, digests), never another node's bytes.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wharf_tests::cluster::{ClusterOpts, TestCluster};
+use wharf_tests::ocihttp::{OciHttp, image_manifest};
+use wharf_tests::server::{free_addr, signal, wharf_bin};
+use wharf_tests::sha256_digest;
+use wharf_tests::{ClientEnv, init_logging, run};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Pushes a config and one layer into `name` on `http`; returns a manifest referencing them.
+fn manifest_with_blobs(http: &OciHttp, name: &str, seed: &str) -> Vec<u8> {
+    let config = format!("{{\"seed\":\"{seed}\"}}").into_bytes();
+    let layer = format!("layer {seed}").into_bytes();
+    let c = http.push_blob(name, &config);
+    let l = http.push_blob(name, &layer);
+    image_manifest(
+        ("application/vnd.oci.image.config.v1+json", &c, config.len()),
+        &[("application/vnd.oci.image.layer.v1.tar", &l, layer.len())],
+    )
+}
+
+fn tags(http: &OciHttp, name: &str) -> BTreeSet<String> {
+    let r = http.call("GET", &format!("/v2/{name}/tags/list?n=10000"));
+    assert_eq!(r.status, 200, "{}: {}", r.what, r.text_excerpt());
+    r.json()["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect()
+}
+
+/// `wharf dev --nodes 3` forms a three-node cluster with the documented regions and pid files,
+/// and Ctrl-C (SIGINT) stops all three.
+#[test]
+fn dev_nodes_3_starts_a_cluster_in_one_command() {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    // Node k uses the base ports + 100·(k−1); find a base whose six ports are free.
+    let base: u16 = loop {
+        let p: u16 = free_addr().rsplit(':').next().unwrap().parse().unwrap();
+        if p < 60_000
+            && [0u16, 1, 100, 101, 200, 201]
+                .iter()
+                .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
+        {
+            break p;
+        }
+    };
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let mut dev = Command::new(wharf_bin())
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--listen",
+            &format!("127.0.0.1:{base}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("d"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let out = || std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !out().contains("3 nodes on loopback") {
+        assert!(
+            dev.try_wait().unwrap().is_none(),
+            "wharf dev exited:\n{}",
+            out()
+        );
+        assert!(Instant::now() < deadline, "cluster not formed:\n{}", out());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for k in 0..3u16 {
+        assert!(
+            out().contains(&format!("http://127.0.0.1:{}", base + 100 * k)),
+            "{}",
+            out()
+        );
+    }
+    let pids: Vec<u32> = (1..=3)
+        .map(|k| {
+            let p = dir.path().join(format!("d/node{k}/wharf.pid"));
+            std::fs::read_to_string(&p).unwrap().trim().parse().unwrap()
+        })
+        .collect();
+
+    let status = Command::new(wharf_bin())
+        .args([
+            "cluster",
+            "status",
+            "--json",
+            "--endpoint",
+            &format!("http://127.0.0.1:{}", base + 200),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let v: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["voters"].as_array().unwrap().len(), 3, "{v}");
+    let regions: BTreeSet<&str> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, BTreeSet::from(["us-east", "eu-west", "ap-south"]));
+
+    // A write on node 3 is visible on node 1 right after the ack.
+    let n3 = OciHttp::at(&format!("http://127.0.0.1:{}", base + 200));
+    let n1 = OciHttp::at(&format!("http://127.0.0.1:{base}"));
+    let m = manifest_with_blobs(&n3, "dev/app", "dev");
+    n3.put_manifest("dev/app", "v1", Some(OCI_MANIFEST), &m)
+        .expect(201);
+    assert!(tags(&n1, "dev/app").contains("v1"));
+
+    signal(dev.id(), "INT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dev.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "wharf dev did not stop:\n{}",
+            out()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z "),
+            "node process {pid} still running after Ctrl-C"
+        );
+    }
+}
+
+/// skopeo pushes an image to node 1; right after the ack, node 3 lists its tag (metadata only:
+/// the bytes stay on node 1 until replication lands, and node 3 says so with 503, never 404).
+#[test]
+fn image_pushed_to_one_node_is_listed_on_another() {
+    init_logging();
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    let (n1, n3) = (&cluster.members[0], &cluster.members[2]);
+    let env = ClientEnv::new(&n1.client);
+    let layout = env.join("layout");
+    let image = wharf_tests::oci::write_layout(&layout, "v1", 64 * 1024);
+    run(env
+        .skopeo()
+        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{}/team/app:v1", n1.client)));
+    let listed = run(env
+        .skopeo()
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{}/team/app", n3.client)));
+    assert!(listed.contains("\"v1\""), "{listed}");
+    let head = n3.http().call("HEAD", "/v2/team/app/manifests/v1");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.must_header("docker-content-digest"),
+        image.manifest.digest
+    );
+    let get = n3.http().call("GET", "/v2/team/app/manifests/v1");
+    assert_eq!(
+        get.status,
+        503,
+        "another node's bytes: {}",
+        get.text_excerpt()
+    );
+    assert_eq!(get.must_header("retry-after"), "1");
+}
+
+/// Writes go to every node while the leader is killed with -9: a new leader takes over, writes
+/// continue, and every acknowledged tag is on every surviving node.
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write() {
+    init_logging();
+    let mut cluster = TestCluster::start(3, ClusterOpts::default());
+    let name = "ha/app";
+    let manifest = manifest_with_blobs(&cluster.members[0].http(), name, "ha");
+    // The manifest's blobs must be linked in the repository on whichever node takes the write:
+    // they are metadata, so one upload (on node 1) links them cluster-wide.
+    let urls: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
+    let acked = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, manifest) = (acked.clone(), stop.clone(), manifest.clone());
+        std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let tag = format!("t{n}");
+                let url = &urls[n % urls.len()];
+                let r = client
+                    .put(format!("{url}/v2/{name}/manifests/{tag}"))
+                    .header("Content-Type", OCI_MANIFEST)
+                    .body(manifest.clone())
+                    .send();
+                match r {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        acked.lock().unwrap().push((tag, Instant::now()));
+                    }
+                    Ok(r) => assert!(
+                        r.status().as_u16() == 503,
+                        "a write got {} (only 201 or 503 are acceptable)",
+                        r.status()
+                    ),
+                    Err(_) => {} // the killed node's connection
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = cluster.leader();
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0, "no write was acknowledged before the kill");
+    let killed_at = Instant::now();
+    cluster.kill9(leader);
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, leader);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let after_kill = acked.iter().filter(|(_, at)| *at > killed_at).count();
+    assert!(
+        after_kill > 5,
+        "only {after_kill} writes were acknowledged after the kill"
+    );
+    let want: BTreeSet<String> = acked.into_iter().map(|(t, _)| t).collect();
+    for m in cluster.running() {
+        let have = tags(&m.http(), name);
+        let missing: Vec<_> = want.difference(&have).collect();
+        assert!(
+            missing.is_empty(),
+            "node{} lost acknowledged tags {missing:?}",
+            m.index
+        );
+    }
+    // The killed leader comes back and catches up.
+    cluster.restart(leader);
+    let back = tags(&cluster.members[leader].http(), name);
+    assert!(want.is_subset(&back));
+}
+
+/// A learner joins while writes run, is promoted by `wharf cluster promote --yes`, and an old
+/// voter is removed with `wharf cluster remove --yes`; writes keep succeeding throughout.
+#[test]
+fn learner_joins_under_load_is_promoted_and_an_old_voter_removed() {
+    init_logging();
+    let mut cluster = TestCluster::start(3, ClusterOpts::default());
+    let name = "grow/app";
+    let manifest = manifest_with_blobs(&cluster.members[0].http(), name, "grow");
+    let written = std::cell::RefCell::new(BTreeSet::new());
+    let writes = |cluster: &TestCluster, from: usize, count: usize, prefix: &str| {
+        for n in 0..count {
+            let member = &cluster.members[(from + n) % cluster.members.len()];
+            if !member.is_running() {
+                continue;
+            }
+            let tag = format!("{prefix}{n}");
+            member
+                .http()
+                .put_manifest(name, &tag, Some(OCI_MANIFEST), &manifest)
+                .expect(201);
+            written.borrow_mut().insert(tag);
+        }
+    };
+    writes(&cluster, 0, 30, "a");
+    let learner = cluster.add_learner();
+    let id = cluster.members[learner].node_id;
+    assert_eq!(id, 4, "ids are minted in order");
+    let status = cluster.status(1);
+    let role = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .map(|m| m["role"].clone());
+    assert_eq!(role, Some(Value::from("learner")), "{status}");
+    writes(&cluster, 1, 30, "b");
+
+    // Without --yes nothing changes; with it the learner becomes a voter.
+    let shown = cluster.cli(
+        &cluster.members[2],
+        &["cluster", "promote", &id.to_string()],
+    );
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert!(shown.contains("voters after: {1, 2, 3, 4}"), "{shown}");
+    assert_eq!(cluster.status(0)["voters"].as_array().unwrap().len(), 3);
+    cluster.promote(2, id);
+    assert_eq!(cluster.status(0)["voters"], serde_json::json!([1, 2, 3, 4]));
+    writes(&cluster, 2, 30, "c");
+
+    let removed = cluster.cli(
+        &cluster.members[learner],
+        &["cluster", "remove", "1", "--yes"],
+    );
+    assert!(String::from_utf8_lossy(&removed.stdout).contains("done"));
+    cluster.stop(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = cluster.status(1);
+        if s["voters"] == serde_json::json!([2, 3, 4])
+            && s["leader"].as_u64().is_some_and(|l| l != 1)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    writes(&cluster, 1, 30, "d");
+    let have = tags(&cluster.members[learner].http(), name);
+    assert_eq!(have, *written.borrow());
+    assert!(have.len() > 100);
+
+    // The removed node may not come back under its id: the others refuse it, and its own
+    // state says it is no longer a member once it learned of the removal, or it finds no
+    // leader that accepts it. Either way it never becomes ready again.
+    let status = cluster.status(1);
+    assert!(
+        !status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == 1),
+        "{status}"
+    );
+}
+
+/// A node that missed more entries than the others keep in their logs catches up from a
+/// snapshot, and then reports the same state hash as the others at the same applied index.
+#[test]
+fn lagging_node_catches_up_from_a_snapshot() {
+    init_logging();
+    let mut cluster = TestCluster::start(
+        3,
+        ClusterOpts {
+            snapshot_every_entries: 40,
+            log_entries_kept: 5,
+        },
+    );
+    let name = "snap/app";
+    let http = cluster.members[0].http();
+    let manifest = manifest_with_blobs(&http, name, "snap");
+    let applied_before = cluster.state_hash(2).0;
+    cluster.stop(2);
+    for n in 0..150 {
+        http.put_manifest(name, &format!("s{n}"), Some(OCI_MANIFEST), &manifest)
+            .expect(201);
+    }
+    let leader = cluster.leader();
+    let purged = cluster.metric(leader, "wharf_raft_purged_index");
+    assert!(
+        purged > applied_before,
+        "the log was not compacted ({purged} ≤ {applied_before})"
+    );
+    cluster.restart(2);
+    assert_eq!(tags(&cluster.members[2].http(), name).len(), 150);
+    assert!(cluster.metric(2, "wharf_raft_snapshot_index") > applied_before);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hashes: Vec<(u64, String)> = (0..3).map(|i| cluster.state_hash(i)).collect();
+        if hashes.iter().all(|h| h.0 == hashes[0].0) {
+            assert!(
+                hashes.iter().all(|h| h.1 == hashes[0].1),
+                "state hashes differ at index {}: {hashes:?}",
+                hashes[0].0
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "applied indexes never met: {hashes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A tag moved on node 1 in a (default, `strong`) repository: node 3 never serves the old
+/// digest after the move was acknowledged.
+#[test]
+fn a_moved_tag_is_never_stale_on_another_node() {
+    init_logging();
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    let (n1, n3) = (cluster.members[0].http(), cluster.members[2].http());
+    let name = "strong/app";
+    for round in 0..20 {
+        let m = manifest_with_blobs(&n1, name, &format!("r{round}"));
+        let digest = sha256_digest(&m);
+        n1.put_manifest(name, "latest", Some(OCI_MANIFEST), &m)
+            .expect(201);
+        let head = n3.call("HEAD", &format!("/v2/{name}/manifests/latest"));
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            head.must_header("docker-content-digest"),
+            digest,
+            "round {round}"
+        );
+    }
+}
+
+/// A wiped node cannot come back under its old id; a bad join token is refused.
+#[test]
+fn a_wiped_node_cannot_rejoin_under_its_old_id() {
+    init_logging();
+    let mut cluster = TestCluster::start(3, ClusterOpts::default());
+    cluster.stop(2);
+    std::fs::remove_dir_all(cluster.members[2].dir.join("data/raft")).unwrap();
+    let out = cluster.start_expecting_exit(2);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("raft state") && err.contains("missing"),
+        "{err}"
+    );
+
+    // A token that was never issued admits nobody.
+    let (status, body) = cluster.post(
+        0,
+        "/api/v1/cluster/membership",
+        serde_json::json!({"action": "promote", "node_id": 99, "dry_run": true}),
+    );
+    assert_eq!(status, 409, "{body}");
+    let dir = cluster.root().join("stranger");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("wharf.toml"),
+        format!(
+            "[server]\nlisten = \"{}\"\ndata_dir = \"data\"\n[cluster]\nlisten = \"{}\"\njoin = \"{}\"\n[durability]\nmin_copies = 1\n",
+            free_addr(),
+            free_addr(),
+            cluster.members[0].cluster
+        ),
+    )
+    .unwrap();
+    let out = Command::new(wharf_bin())
+        .args(["serve", "--config"])
+        .arg(dir.join("wharf.toml"))
+        .env("WHARF_JOIN_TOKEN", "wharf-join-never-issued")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("join token refused"), "{err}");
+}
