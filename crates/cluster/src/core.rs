@@ -558,7 +558,7 @@ impl Core {
         }
         let m = self.metrics();
         let guard = Precondition::LastMembershipLogId {
-            last_membership_log_id: m.membership_config.log_id().clone(),
+            last_membership_log_id: *m.membership_config.log_id(),
         };
         let ids = BTreeSet::from([node_id]);
         let was_voter = plan.voters_before.contains(&node_id);

@@ -562,7 +562,7 @@ impl ClusterNode {
         let response = self
             .core
             .on_leader(PROPOSE_TIMEOUT, |mut client, leader| {
-                let request = peers.request(leader, request.clone());
+                let request = peers.request(leader, request);
                 async move {
                     client
                         .change_membership(request)
