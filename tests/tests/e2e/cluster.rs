@@ -468,3 +468,25 @@ fn a_wiped_node_cannot_rejoin_under_its_old_id() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("join token refused"), "{err}");
 }
+
+/// Every file under cluster-configs/ passes `wharf config check`.
+#[test]
+fn every_cluster_config_passes_wharf_config_check() {
+    init_logging();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-configs");
+    let mut dirs = vec![root];
+    let mut checked = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                let out = run(Command::new(wharf_bin()).args(["config", "check"]).arg(&path));
+                assert!(out.contains(": ok"), "{}: {out}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} configs found");
+}
