@@ -161,7 +161,20 @@ impl Core {
         let Some(info) = m.membership_config.membership().get_node(&leader).cloned() else {
             return Err(format!("leader {leader} is not in this node's membership"));
         };
-        if leader != self.node_id {
+        if leader == self.node_id {
+            // A leader cut off from its quorum cannot commit: say so before proposing, so the
+            // client learns "not proposed" instead of waiting for "outcome unknown".
+            let voters = m.membership_config.membership().voter_ids().count();
+            let acked = m
+                .last_quorum_acked
+                .map(|at| openraft::async_runtime::Instant::elapsed(&at.into_inner()));
+            if voters > 1 && acked.is_some_and(|age| age > self.leader_silence_limit) {
+                return Err(format!(
+                    "leader {leader} has not heard from a quorum for {:?}",
+                    acked.unwrap_or_default()
+                ));
+            }
+        } else {
             let last = Duration::from_millis(self.leader_contact_ms.load(Ordering::Relaxed));
             let silent = self.epoch.elapsed().saturating_sub(last);
             if silent > self.leader_silence_limit {
@@ -174,7 +187,12 @@ impl Core {
         Ok((leader, info))
     }
 
-    fn admin_client(&self, leader: NodeId, addr: &str) -> Result<AdminClient<Channel>, String> {
+    async fn admin_client(
+        &self,
+        leader: NodeId,
+        addr: &str,
+    ) -> Result<AdminClient<Channel>, String> {
+        self.peers.link_to(leader).await?;
         let channel = self
             .peers
             .channel(leader, addr, Lane::Rpc)
@@ -306,6 +324,7 @@ impl Core {
     ) -> Result<(u64, CommandResult), Attempt> {
         let mut client = self
             .admin_client(leader, addr)
+            .await
             .map_err(Attempt::NotProposed)?;
         let body = encode(envelope).map_err(|e| Attempt::Fatal(e.to_string()))?;
         let mut request = self
@@ -360,6 +379,7 @@ impl Core {
         } else {
             let mut client = self
                 .admin_client(leader, &info.addr)
+                .await
                 .map_err(BarrierFailure::NoQuorum)?;
             let mut request = self.peers.request(leader, pb::ReadIndexRequest {});
             request.set_timeout(timeout);
@@ -639,7 +659,7 @@ impl Core {
         let deadline = Instant::now() + timeout;
         loop {
             let error = match self.usable_leader() {
-                Ok((leader, info)) => match self.admin_client(leader, &info.addr) {
+                Ok((leader, info)) => match self.admin_client(leader, &info.addr).await {
                     Ok(client) => match op(client, leader).await {
                         Ok(v) => return Ok(v),
                         Err(status) => AdminError::from_status(&status),

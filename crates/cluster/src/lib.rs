@@ -23,6 +23,7 @@ pub mod read_batch;
 pub use core::AdminError;
 pub use membership::{ClusterStatus, MemberStatus, MembershipAction, MembershipPlan, Role};
 pub use node::{ClusterError, ClusterNode, JoinTicket, RaftTiming, StartMode, StartOptions, join};
+pub use peers::LinkFilter;
 pub use wharf_meta::raft_types::NodeInfo;
 
 /// The openraft node type of Wharf.

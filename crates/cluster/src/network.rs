@@ -107,6 +107,7 @@ impl GrpcNetwork {
         F: FnOnce(RaftClient<tonic::transport::Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        self.peers.link_to(self.target).await.map_err(unreachable)?;
         let client = self.client(Lane::Rpc)?;
         let request = self.peers.request(self.target, message);
         match tokio::time::timeout(ttl, call(client, request)).await {
@@ -146,6 +147,7 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            self.peers.link_to(self.target).await.map_err(unreachable)?;
             let mut client = self.client(Lane::Rpc)?;
             // A request that cannot be encoded ends the stream; openraft then falls back to a
             // new replication session.
@@ -211,6 +213,10 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Network(NetworkError::from_string(other.to_string())),
         };
+        self.peers
+            .link_to(self.target)
+            .await
+            .map_err(|e| streaming(unreachable(e)))?;
         let mut client = self.client(Lane::Bulk).map_err(streaming)?;
         let header = pb::SnapshotHeader {
             vote: body(&vote).map_err(streaming)?,

@@ -96,7 +96,7 @@ pub enum StartMode {
 }
 
 /// Everything a node needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StartOptions {
     pub data_dir: PathBuf,
     pub node_id: NodeId,
@@ -107,6 +107,8 @@ pub struct StartOptions {
     pub listen: SocketAddr,
     pub timing: RaftTiming,
     pub mode: StartMode,
+    /// Injected network faults (tests only; `None` in production).
+    pub links: Option<Arc<dyn crate::LinkFilter>>,
 }
 
 /// Why a node could not start.
@@ -260,6 +262,11 @@ impl ClusterNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
             max_in_snapshot_log_to_keep: t.log_entries_kept,
             enable_pre_vote: Some(true),
+            // Check-quorum: a leader that stops hearing from a quorum (say its inbound traffic
+            // is cut) stops sending heartbeats after its lease, so the others can elect a new
+            // leader instead of waiting on one that cannot commit. openraft requires the phase
+            // length to be at least lease (= election_timeout_max) + election_timeout_max.
+            quorum_loss_probe_interval: Some(2 * millis(t.election_timeout_max)),
             // A leader that restarts before anyone else campaigns keeps leading. Safe here
             // because apply is durable before it answers and `committed` is persisted.
             enable_leader_restore: Some(true),
@@ -282,6 +289,7 @@ impl ClusterNode {
             opts.cluster_id.clone(),
             opts.node_id,
             t.election_timeout_min,
+            opts.links.clone(),
         ));
         let network = GrpcNetworkFactory {
             peers: peers.clone(),
@@ -302,6 +310,7 @@ impl ClusterNode {
             cluster_id: opts.cluster_id.clone(),
             self_id: opts.node_id,
             raft: raft.clone(),
+            links: opts.links.clone(),
         };
         let barrier_core = core.clone();
         let barrier: BarrierFn = Box::new(move || {
@@ -425,6 +434,7 @@ impl ClusterNode {
                 ..RaftTiming::default()
             },
             mode: StartMode::Bootstrap,
+            links: None,
         })
         .await
     }
@@ -856,6 +866,7 @@ mod tests {
             listen,
             timing: fast(),
             mode,
+            links: None,
         })
         .await
         .unwrap()

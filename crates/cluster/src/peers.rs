@@ -31,19 +31,38 @@ pub(crate) enum Lane {
     Bulk,
 }
 
+/// Decides whether traffic between two nodes gets through, and how late. Production nodes use
+/// none; `wharf-testkit` injects partitions and delays with it. Checked before every call a
+/// node makes and for every call (and streamed append) it receives.
+pub trait LinkFilter: Send + Sync + 'static {
+    /// Whether a message from `from` reaches `to`.
+    fn allows(&self, from: NodeId, to: NodeId) -> bool;
+    /// Extra latency for a call from `from` to `to`.
+    fn delay(&self, _from: NodeId, _to: NodeId) -> Duration {
+        Duration::ZERO
+    }
+}
+
 /// Lazily connected channels to peers, keyed by node id, lane and address.
 pub(crate) struct Peers {
     pub(crate) cluster_id: String,
     pub(crate) self_id: NodeId,
+    pub(crate) links: Option<std::sync::Arc<dyn LinkFilter>>,
     connect_timeout: Duration,
     channels: Mutex<HashMap<(NodeId, Lane), (String, Channel)>>,
 }
 
 impl Peers {
-    pub(crate) fn new(cluster_id: String, self_id: NodeId, connect_timeout: Duration) -> Peers {
+    pub(crate) fn new(
+        cluster_id: String,
+        self_id: NodeId,
+        connect_timeout: Duration,
+        links: Option<std::sync::Arc<dyn LinkFilter>>,
+    ) -> Peers {
         Peers {
             cluster_id,
             self_id,
+            links,
             connect_timeout,
             channels: Mutex::new(HashMap::new()),
         }
@@ -77,6 +96,21 @@ impl Peers {
         Ok(channel)
     }
 
+    /// Waits out an injected delay, or fails if the link to `target` is cut.
+    pub(crate) async fn link_to(&self, target: NodeId) -> Result<(), String> {
+        let Some(links) = &self.links else {
+            return Ok(());
+        };
+        if !links.allows(self.self_id, target) {
+            return Err(format!("link {} → {target} is cut", self.self_id));
+        }
+        let delay = links.delay(self.self_id, target);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
+    }
+
     /// Wraps `message` with this node's identity, addressed to `target`.
     pub(crate) fn request<T>(&self, target: NodeId, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -101,6 +135,7 @@ pub(crate) struct Identity {
     pub(crate) cluster_id: String,
     pub(crate) self_id: NodeId,
     pub(crate) raft: Raft,
+    pub(crate) links: Option<std::sync::Arc<dyn LinkFilter>>,
 }
 
 impl Identity {
@@ -109,6 +144,20 @@ impl Identity {
     /// A node that does not yet find itself in its own membership (a learner that has not
     /// received the configuration that added it) accepts any sender of its cluster: only the
     /// leader that added it talks to it then.
+    /// Whether an injected fault cuts traffic from `from` to this node.
+    pub(crate) fn allows_from(&self, from: NodeId) -> bool {
+        self.links
+            .as_ref()
+            .is_none_or(|l| l.allows(from, self.self_id))
+    }
+
+    /// The injected latency of messages from `from` to this node.
+    pub(crate) fn delay_from(&self, from: NodeId) -> Duration {
+        self.links
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.delay(from, self.self_id))
+    }
+
     pub(crate) fn check(&self, meta: &MetadataMap) -> Result<NodeId, tonic::Status> {
         let get = |key: &str| {
             meta.get(key)
@@ -134,6 +183,12 @@ impl Identity {
         let from: NodeId = get(HEADER_FROM)?
             .parse()
             .map_err(|_| tonic::Status::invalid_argument("bad x-wharf-from"))?;
+        if !self.allows_from(from) {
+            return Err(tonic::Status::unavailable(format!(
+                "link {from} → {} is cut",
+                self.self_id
+            )));
+        }
         let metrics = self.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let knows_itself = membership.get_node(&self.self_id).is_some();

@@ -70,11 +70,29 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        self.identity.check(request.metadata())?;
+        let from = self.identity.check(request.metadata())?;
+        let identity = self.identity.clone();
         // A request that does not decode ends the input; the leader sees the stream end and
         // starts a new one.
         let core = self.core.clone();
-        let input = request.into_inner().filter_map(move |item| {
+        // An injected partition cuts a stream that is already open, too.
+        let delays = identity.clone();
+        let input = request
+            .into_inner()
+            .take_while(move |_| {
+                let open = identity.allows_from(from);
+                async move { open }
+            })
+            .then(move |item| {
+                let delay = delays.delay_from(from);
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    item
+                }
+            });
+        let input = input.filter_map(move |item| {
             let core = core.clone();
             async move {
                 match item {

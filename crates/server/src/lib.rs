@@ -170,6 +170,7 @@ async fn start_cluster(
         listen: config.cluster.listen,
         timing: timing(config),
         mode,
+        links: None,
     })
     .await?;
     Ok(Arc::new(node))

@@ -58,5 +58,6 @@
 //! shadow copies (one file per inode that was ever fsync'd, in a separate temporary directory) are
 //! deleted when the inode can no longer come back (no name, no durable entry, no open handle).
 
+pub mod cluster;
 pub mod lazyfs;
 pub mod model;
