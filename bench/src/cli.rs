@@ -17,6 +17,9 @@ pub enum ScenarioName {
     ManifestHead,
     /// PUT of a new, unique manifest under a new tag per op.
     TagCommit,
+    /// PUT of one same manifest under a new tag per op: after the first, a pure metadata
+    /// commit (the manifest's bytes are stored already).
+    TagOnly,
     /// No server: one in-process TCP stream of `--size` bytes, the machine's ceiling.
     Loopback,
 }
@@ -31,6 +34,7 @@ impl ScenarioName {
             Self::ManifestGet => "manifest-get",
             Self::ManifestHead => "manifest-head",
             Self::TagCommit => "tag-commit",
+            Self::TagOnly => "tag-only",
             Self::Loopback => "loopback",
         }
     }
@@ -123,7 +127,7 @@ impl Args {
             ScenarioName::BlobPush | ScenarioName::BlobPull | ScenarioName::Loopback => {
                 default_blob_ops(size)
             }
-            ScenarioName::TagCommit => 1000,
+            ScenarioName::TagCommit | ScenarioName::TagOnly => 1000,
             _ => 2000,
         });
         anyhow::ensure!(ops > 0, "--ops must be at least 1");

@@ -184,7 +184,8 @@ impl Tagged {
     }
 }
 
-/// `tag-commit`: op `i` PUTs a unique manifest as tag `t-<seed>-<i>`.
+/// `tag-commit`: op `i` PUTs a unique manifest as tag `t-<seed>-<i>`; `tag-only`: op `i` PUTs
+/// the same manifest as tag `t-<seed>-<i>`.
 pub struct TagCommit {
     name: String,
     /// (tag, body, digest) per op index, built before timing.
@@ -199,12 +200,14 @@ impl TagCommit {
         layer_size: u64,
         seed: u64,
         count: u64,
+        unique: bool,
     ) -> anyhow::Result<Self> {
         let fixture = Fixture::setup(conn, name, layer_size).await?;
+        let shared = format!("shared-{seed}");
         let manifests = (0..count)
             .map(|i| {
                 let tag = format!("t-{seed}-{i}");
-                let body = fixture.manifest(Some(&tag))?;
+                let body = fixture.manifest(Some(if unique { &tag } else { &shared }))?;
                 let digest = sha256(&body);
                 Ok((tag, body, digest))
             })

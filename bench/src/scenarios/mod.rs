@@ -60,9 +60,13 @@ impl Scenario {
                 let head = s.scenario == ScenarioName::ManifestHead;
                 Self::Manifest(manifest::Tagged::setup(&mut conn, &s.name, s.size, head).await?)
             }
-            ScenarioName::TagCommit => Self::TagCommit(
-                manifest::TagCommit::setup(&mut conn, &s.name, s.size, s.seed, total).await?,
-            ),
+            ScenarioName::TagCommit | ScenarioName::TagOnly => {
+                let unique = s.scenario == ScenarioName::TagCommit;
+                Self::TagCommit(
+                    manifest::TagCommit::setup(&mut conn, &s.name, s.size, s.seed, total, unique)
+                        .await?,
+                )
+            }
             ScenarioName::Loopback => anyhow::bail!("loopback has no registry setup"),
         })
     }

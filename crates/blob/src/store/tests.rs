@@ -723,3 +723,35 @@ async fn uploads_are_refused_below_min_free() {
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x"))]);
     assert_eq!(store.append(&id, None, body).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_small_blob_stored_again_keeps_an_intact_copy_and_repairs_a_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes = data(2000, 9);
+    let d = store.ingest(body(&bytes, 500), None).await.unwrap().digest;
+    let hex = d.hex();
+    let path = dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex);
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let first = inode(&path);
+
+    // The same bytes again: the copy in place is kept (same inode), the upload is gone.
+    let again = store.ingest(body(&bytes, 700), Some(&d)).await.unwrap();
+    assert_eq!(again.digest, d);
+    assert_eq!(inode(&path), first);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // A damaged copy is replaced by the next upload of the same bytes.
+    let mut damaged = bytes.clone();
+    damaged[10] ^= 0xff;
+    std::fs::write(&path, &damaged).unwrap();
+    store.ingest(body(&bytes, 700), Some(&d)).await.unwrap();
+    assert_ne!(inode(&path), first);
+    assert_eq!(read_all(&store, &d, None).await, bytes);
+}
