@@ -482,7 +482,9 @@ fn every_cluster_config_passes_wharf_config_check() {
             if path.is_dir() {
                 dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "toml") {
-                let out = run(Command::new(wharf_bin()).args(["config", "check"]).arg(&path));
+                let out = run(Command::new(wharf_bin())
+                    .args(["config", "check"])
+                    .arg(&path));
                 assert!(out.contains(": ok"), "{}: {out}", path.display());
                 checked += 1;
             }
