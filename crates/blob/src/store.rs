@@ -805,8 +805,12 @@ impl Inner {
         if hasher.finish() != *digest {
             return Ok(false);
         }
-        sync_blob_file(&File::open(&blob)?)?;
-        sync_file(&File::open(&sidecar)?)?;
+        // A copy removed in between (GC) is simply placed again.
+        let (Ok(blob_file), Ok(sidecar_file)) = (File::open(&blob), File::open(&sidecar)) else {
+            return Ok(false);
+        };
+        sync_blob_file(&blob_file)?;
+        sync_file(&sidecar_file)?;
         sync_dir(&self.blob_dir(digest))?;
         Ok(true)
     }

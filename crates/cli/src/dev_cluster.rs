@@ -168,9 +168,17 @@ async fn form_and_wait(members: &mut [DevNode]) -> anyhow::Result<()> {
     for m in members.iter_mut().skip(1) {
         wait_ready(&http, m).await?;
     }
-    for (i, m) in members.iter().enumerate().skip(1) {
-        if fresh[i] {
-            promote(&http, &members[0].url(), node_id(&m.dir)?).await?;
+    // Promote every learner, also one left over by an earlier run stopped half-way.
+    for m in members.iter().skip(1) {
+        let id = node_id(&m.dir)?;
+        let status = send(http.get(format!("{}/api/v1/cluster", members[0].url()))).await?;
+        let is_learner = status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|member| member["id"] == id && member["role"] == "learner");
+        if is_learner {
+            promote(&http, &members[0].url(), id).await?;
         }
     }
 

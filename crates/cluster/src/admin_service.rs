@@ -106,7 +106,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let admission = self
             .core
-            .join_here(&join.token, info, self.propose_timeout)
+            .join_here(&join.token, &join.nonce, info, self.propose_timeout)
             .await
             .map_err(AdminError::into_status)?;
         Ok(Response::new(pb::JoinResponse {

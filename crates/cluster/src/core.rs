@@ -244,6 +244,11 @@ impl Core {
                         "the raft node shut down during the write".to_string(),
                     ));
                 }
+                Err(Attempt::Fatal(m)) if maybe_proposed => {
+                    return Err(MetaError::OutcomeUnknown(format!(
+                        "an earlier attempt may have been proposed; then: {m}"
+                    )));
+                }
                 Err(Attempt::Fatal(m)) => return Err(MetaError::Fatal(m)),
                 Err(Attempt::MaybeProposed(m)) => {
                     maybe_proposed = true;
@@ -294,8 +299,11 @@ impl Core {
                 e @ (ClientWriteError::ChangeMembershipError(_)
                 | ClientWriteError::PreconditionFailed(_)) => Attempt::NotProposed(e.to_string()),
             }),
-            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(Attempt::Stopped),
-            Ok(Err(RaftError::Fatal(fatal))) => Err(Attempt::Fatal(fatal.to_string())),
+            // The core stopped after taking the entry: it may be in the log (and committed by
+            // a new leader), so only the precheck above can say "not proposed".
+            Ok(Err(RaftError::Fatal(fatal))) => Err(Attempt::MaybeProposed(format!(
+                "the raft node stopped during the write: {fatal}"
+            ))),
         }
     }
 
@@ -337,7 +345,6 @@ impl Core {
             Ok(Err(status)) => {
                 return Err(match AdminError::from_status(&status) {
                     AdminError::NoQuorum(m) => Attempt::NotProposed(m),
-                    AdminError::Internal(m) => Attempt::Fatal(format!("leader {leader}: {m}")),
                     other => Attempt::MaybeProposed(other.to_string()),
                 });
             }
@@ -347,8 +354,10 @@ impl Core {
                 )));
             }
         };
-        let result: CommandResult = decode(&response.result)
-            .map_err(|e| Attempt::Fatal(format!("undecodable result from leader {leader}: {e}")))?;
+        // The leader applied it; only its answer is unreadable.
+        let result: CommandResult = decode(&response.result).map_err(|e| {
+            Attempt::MaybeProposed(format!("undecodable result from leader {leader}: {e}"))
+        })?;
         Ok((response.log_index, result))
     }
 
@@ -441,6 +450,10 @@ impl Core {
     /// The cluster as this node, the leader, sees it.
     pub(crate) fn status_here(&self) -> Result<ClusterStatus, AdminError> {
         let m = self.require_leader()?;
+        Ok(self.status_from(&m))
+    }
+
+    fn status_from(&self, m: &RaftMetrics<TypeConfig>) -> ClusterStatus {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let last = m.last_log_index.unwrap_or(0);
@@ -470,31 +483,41 @@ impl Core {
                 }
             })
             .collect();
-        Ok(ClusterStatus {
+        ClusterStatus {
             cluster_id: self.cluster_id.clone(),
             leader: m.current_leader,
             term: m.current_term,
             committed_index: m.cluster_committed.map(|id| id.index),
-            membership_index: membership_index(&m),
+            membership_index: membership_index(m),
             voters: voters.into_iter().collect(),
             members,
-        })
+        }
     }
 
     /// Admits a node that presented `token`: mints its id through raft and adds it as a
-    /// learner. A retry with the same token gets the same id (the request id is derived from
-    /// the token).
+    /// learner. A retry by the same joiner (same token and nonce) gets the same id; the request
+    /// id is derived from both.
     pub(crate) async fn join_here(
         &self,
         token: &str,
+        nonce: &str,
         info: NodeInfo,
         propose_timeout: Duration,
     ) -> Result<Admission, AdminError> {
         self.require_leader()?;
+        if nonce.len() < 16 {
+            return Err(AdminError::Refused(
+                "a join request carries the joiner's random nonce".to_string(),
+            ));
+        }
         let token_sha256 = token_digest(token);
         let envelope = Envelope {
             version: wharf_meta::ENVELOPE_VERSION,
-            request_id: wharf_meta::RequestId(format!("join-{token_sha256}")),
+            // Only the same joiner (same token and nonce) retrying gets the stored answer.
+            request_id: wharf_meta::RequestId(format!(
+                "join-{token_sha256}-{}",
+                token_digest(nonce)
+            )),
             proposer: self.node_id,
             actor: "join".to_string(),
             timestamp_ms: crate::node::now_ms(),
@@ -561,7 +584,9 @@ impl Core {
         dry_run: bool,
         timeout: Duration,
     ) -> Result<MembershipPlan, AdminError> {
-        let status = self.status_here()?;
+        // The plan, the operator's expectation and the guard all use this one view.
+        let m = self.require_leader()?;
+        let status = self.status_from(&m);
         let plan = membership::plan(&status, action, node_id, self.promote_max_lag)
             .map_err(AdminError::Refused)?;
         if dry_run {
@@ -576,7 +601,6 @@ impl Core {
                 plan.membership_index
             )));
         }
-        let m = self.metrics();
         let guard = Precondition::LastMembershipLogId {
             last_membership_log_id: *m.membership_config.log_id(),
         };

@@ -170,10 +170,13 @@ pub struct JoinTicket {
     pub members: Vec<String>,
 }
 
-/// Asks the cluster member at `addr` to admit this node (`wharf serve --join`).
+/// Asks the cluster member at `addr` to admit this node (`wharf serve --join`). `nonce` is a
+/// random string the caller has stored durably before asking, so that a retry after a crash
+/// gets the same id and nobody else can reuse the token.
 pub async fn join(
     addr: &str,
     token: &str,
+    nonce: &str,
     info: &NodeInfo,
     timeout: Duration,
 ) -> Result<JoinTicket, ClusterError> {
@@ -195,6 +198,7 @@ pub async fn join(
             cluster_addr: info.addr.clone(),
             client_url: info.client_url.clone(),
             region: info.region.clone(),
+            nonce: nonce.to_string(),
         })
         .await
         .map_err(|s| failed(s.message().to_string()))?
@@ -919,18 +923,17 @@ mod tests {
             };
             // Join through the newest member, which forwards to the leader if needed.
             let via = nodes.last().unwrap().cluster_addr().to_string();
-            let ticket = join(&via, &token, &info, Duration::from_secs(10))
-                .await
-                .unwrap();
+            let nonce = format!("nonce-of-node-{i}-0123456789");
+            let wait = Duration::from_secs(10);
+            let ticket = join(&via, &token, &nonce, &info, wait).await.unwrap();
             assert_eq!(ticket.cluster_id, "c1");
             assert_eq!(ticket.node_id, i as u64 + 1, "ids are minted in order");
-            // A used token is refused.
-            let again = join(&via, &token, &info, Duration::from_secs(10)).await;
-            assert!(
-                again.is_ok(),
-                "the same joiner retrying gets its ticket again"
-            );
-            assert_eq!(again.unwrap().node_id, ticket.node_id);
+            // The same joiner retrying gets its ticket again; anyone else is refused, so a
+            // wiped node cannot come back under the id a spent token gave it.
+            let again = join(&via, &token, &nonce, &info, wait).await.unwrap();
+            assert_eq!(again.node_id, ticket.node_id);
+            let other = join(&via, &token, "another-joiner-0123456789", &info, wait).await;
+            assert!(other.is_err(), "a used token admitted a second node");
             let node = start_member(
                 dirs[i].path(),
                 ticket.node_id,
@@ -945,6 +948,7 @@ mod tests {
         let bad = join(
             &addrs[0].to_string(),
             "wharf-join-bogus",
+            "some-nonce-0123456789",
             &NodeInfo::default(),
             Duration::from_secs(5),
         )

@@ -49,14 +49,47 @@ pub fn load(data_dir: &Path) -> Result<Option<NodeIdentity>, ServerError> {
     Ok(Some(identity))
 }
 
-/// Writes `node.toml` durably (tmp → fsync → rename → fsync dir).
-pub fn store(data_dir: &Path, identity: &NodeIdentity) -> Result<(), ServerError> {
-    let text = toml::to_string(identity).map_err(|e| ServerError::Identity(e.to_string()))?;
-    let tmp = data_dir.join("node.toml.tmp");
+/// Creates the raft log (empty) and then writes `node.toml`, in that order: a crash in between
+/// leaves a directory without `node.toml`, which simply starts over, never a `node.toml` whose
+/// raft state looks wiped.
+pub fn store_with_raft_dir(data_dir: &Path, identity: &NodeIdentity) -> Result<(), ServerError> {
+    let raft_dir = data_dir.join("raft");
+    drop(
+        wharf_meta::log_store::LogStore::open(&raft_dir)
+            .map_err(|e| ServerError::Identity(format!("{}: {e}", raft_dir.display())))?,
+    );
+    store(data_dir, identity)
+}
+
+/// The random nonce this directory presents when it joins a cluster, created (durably) on
+/// first use: a retry after a crash presents the same one and gets the same node id, while a
+/// wiped directory gets a new one and cannot reuse a spent token.
+pub fn join_nonce(data_dir: &Path) -> Result<String, ServerError> {
+    let path = data_dir.join("join.nonce");
+    match std::fs::read_to_string(&path) {
+        Ok(nonce) if nonce.trim().len() >= 16 => return Ok(nonce.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    write_durably(data_dir, "join.nonce", nonce.as_bytes())?;
+    Ok(nonce)
+}
+
+/// Writes `data_dir/name` durably (tmp → fsync → rename → fsync dir).
+fn write_durably(data_dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ServerError> {
+    let tmp = data_dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
+    file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path(data_dir))?;
+    std::fs::rename(&tmp, data_dir.join(name))?;
     std::fs::File::open(data_dir)?.sync_all()?;
     Ok(())
+}
+
+/// Writes `node.toml` durably (tmp → fsync → rename → fsync dir).
+fn store(data_dir: &Path, identity: &NodeIdentity) -> Result<(), ServerError> {
+    let text = toml::to_string(identity).map_err(|e| ServerError::Identity(e.to_string()))?;
+    write_durably(data_dir, "node.toml", text.as_bytes())
 }

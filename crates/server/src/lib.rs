@@ -120,7 +120,8 @@ async fn establish_identity(
             region: config.server.region.clone(),
             client_url: client_url(config),
         };
-        let ticket = wharf_cluster::join(join, &token, &info, JOIN_TIMEOUT).await?;
+        let nonce = identity::join_nonce(data_dir)?;
+        let ticket = wharf_cluster::join(join, &token, &nonce, &info, JOIN_TIMEOUT).await?;
         tracing::info!(
             node_id = ticket.node_id,
             cluster_id = ticket.cluster_id,
@@ -131,7 +132,7 @@ async fn establish_identity(
             region: config.server.region.clone(),
             cluster_id: ticket.cluster_id,
         };
-        identity::store(data_dir, &identity)?;
+        identity::store_with_raft_dir(data_dir, &identity)?;
         return Ok((identity, StartMode::Member));
     }
     if options.bootstrap {
@@ -140,7 +141,7 @@ async fn establish_identity(
             region: config.server.region.clone(),
             cluster_id: hex::encode(rand::random::<[u8; 16]>()),
         };
-        identity::store(data_dir, &identity)?;
+        identity::store_with_raft_dir(data_dir, &identity)?;
         return Ok((identity, StartMode::Bootstrap));
     }
     Err(ServerError::Identity(format!(

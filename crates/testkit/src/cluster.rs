@@ -174,9 +174,16 @@ impl InProcessCluster {
         let addr = free_addr();
         self.addrs.insert(next, addr);
         let via = self.nodes[&any].cluster_addr().to_string();
-        let ticket = wharf_cluster::join(&via, &token, &self.info(next), Duration::from_secs(10))
-            .await
-            .expect("join");
+        let nonce = format!("testkit-nonce-{next}-0123456789");
+        let ticket = wharf_cluster::join(
+            &via,
+            &token,
+            &nonce,
+            &self.info(next),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("join");
         assert_eq!(ticket.node_id, next, "ids are minted in order");
         self.launch(next, StartMode::Member).await;
         next

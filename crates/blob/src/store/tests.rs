@@ -731,7 +731,7 @@ async fn a_small_blob_stored_again_keeps_an_intact_copy_and_repairs_a_damaged_on
     let bytes = data(2000, 9);
     let d = store.ingest(body(&bytes, 500), None).await.unwrap().digest;
     let hex = d.hex();
-    let path = dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex);
+    let path = dir.path().join("blobs/sha256").join(&hex[..2]).join(hex);
     let inode =
         |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let first = inode(&path);
