@@ -19,6 +19,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ClusterOpts {
     pub snapshot_every_entries: u64,
     pub log_entries_kept: u64,
+    /// Mutual TLS between the nodes (`cluster.tls = true`, even on loopback).
+    pub tls: bool,
 }
 
 impl Default for ClusterOpts {
@@ -26,6 +28,7 @@ impl Default for ClusterOpts {
         ClusterOpts {
             snapshot_every_entries: 100_000,
             log_entries_kept: 20_000,
+            tls: false,
         }
     }
 }
@@ -128,13 +131,14 @@ impl TestCluster {
              auto_create_repos = true\n\n\
              [cluster]\nlisten = \"{cluster}\"\n{join}heartbeat_ms = 100\n\
              election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\
-             snapshot_every_entries = {snap}\nlog_entries_kept = {keep}\n\n\
+             snapshot_every_entries = {snap}\nlog_entries_kept = {keep}\ntls = {tls}\n\n\
              [durability]\nmin_copies = 1\n",
             client = member.client,
             cluster = member.cluster,
             region = REGIONS[(index - 1) % REGIONS.len()],
             snap = self.opts.snapshot_every_entries,
             keep = self.opts.log_entries_kept,
+            tls = self.opts.tls,
         );
         std::fs::write(member.config_path(), config).unwrap();
         member

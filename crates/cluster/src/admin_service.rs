@@ -47,7 +47,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let envelope: Envelope = decode(&request.into_inner().envelope)
             .map_err(|e| Status::invalid_argument(format!("undecodable envelope: {e}")))?;
         let (log_index, result) = self
@@ -63,7 +63,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let read_index = self
             .core
             .read_index_here(self.read_timeout)
@@ -109,10 +109,20 @@ impl pb::admin_server::Admin for AdminService {
             .join_here(&join.token, &join.nonce, info, self.propose_timeout)
             .await
             .map_err(AdminError::into_status)?;
+        let tls = admission.tls.unwrap_or(crate::tls::TlsFiles {
+            ca_pem: String::new(),
+            ca_key_pem: String::new(),
+            node_pem: String::new(),
+            node_key_pem: String::new(),
+        });
         Ok(Response::new(pb::JoinResponse {
             node_id: admission.node_id,
             cluster_id: self.core.cluster_id.clone(),
             members: admission.members,
+            ca_pem: tls.ca_pem,
+            ca_key_pem: tls.ca_key_pem,
+            node_cert_pem: tls.node_pem,
+            node_key_pem: tls.node_key_pem,
         }))
     }
 
@@ -120,7 +130,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let change = request.into_inner();
         let action = action_from_wire(change.action).map_err(AdminError::into_status)?;
         let plan = self
@@ -145,7 +155,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let to = request.into_inner().node_id;
         let leader = self
             .core
@@ -159,7 +169,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let status = self.core.status_here().map_err(AdminError::into_status)?;
         let json = serde_json::to_vec(&status).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::StatusResponse { json }))

@@ -121,6 +121,8 @@ enum Attempt {
 pub(crate) struct Admission {
     pub(crate) node_id: NodeId,
     pub(crate) members: Vec<String>,
+    /// The new node's certificates (with the CA), on a TLS cluster.
+    pub(crate) tls: Option<crate::tls::TlsFiles>,
 }
 
 /// The raft node plus what forwarding needs; shared by the gRPC services and [`ClusterNode`].
@@ -139,6 +141,8 @@ pub(crate) struct Core {
     /// When this node last heard from a leader (ms since `epoch`), set by the raft service.
     pub(crate) leader_contact_ms: AtomicU64,
     pub(crate) epoch: Instant,
+    /// The cluster CA and this node's certificate, on a TLS cluster.
+    pub(crate) tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
 impl Core {
@@ -572,7 +576,29 @@ impl Core {
             .nodes()
             .map(|(id, n)| format!("{id}={}", n.addr))
             .collect();
-        Ok(Admission { node_id, members })
+        let tls = match &self.tls {
+            Some(tls) => {
+                let (node_pem, node_key_pem) = crate::tls::issue_node_cert(
+                    &tls.files.ca_pem,
+                    &tls.files.ca_key_pem,
+                    &self.cluster_id,
+                    node_id,
+                )
+                .map_err(|e| AdminError::Internal(e.to_string()))?;
+                Some(crate::tls::TlsFiles {
+                    ca_pem: tls.files.ca_pem.clone(),
+                    ca_key_pem: tls.files.ca_key_pem.clone(),
+                    node_pem,
+                    node_key_pem,
+                })
+            }
+            None => None,
+        };
+        Ok(Admission {
+            node_id,
+            members,
+            tls,
+        })
     }
 
     /// Plans (and unless `dry_run`, applies) a membership change on this node, the leader.

@@ -19,11 +19,14 @@ pub mod node;
 mod peers;
 mod raft_service;
 pub mod read_batch;
+pub mod tls;
+mod transport;
 
 pub use core::AdminError;
 pub use membership::{ClusterStatus, MemberStatus, MembershipAction, MembershipPlan, Role};
 pub use node::{ClusterError, ClusterNode, JoinTicket, RaftTiming, StartMode, StartOptions, join};
 pub use peers::LinkFilter;
+pub use tls::{ClusterTls, TlsFiles};
 pub use wharf_meta::raft_types::NodeInfo;
 
 /// The openraft node type of Wharf.

@@ -41,6 +41,7 @@ use crate::network::GrpcNetworkFactory;
 use crate::peers::{Identity, Peers};
 use crate::raft_service::RaftService;
 use crate::read_batch::{BarrierFailure, ReadBatcher};
+use crate::tls::{ClusterTls, TlsFiles};
 
 /// How long a proposal may wait for its apply result before the answer is "outcome unknown".
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +110,8 @@ pub struct StartOptions {
     pub mode: StartMode,
     /// Injected network faults (tests only; `None` in production).
     pub links: Option<Arc<dyn crate::LinkFilter>>,
+    /// Mutual TLS under the cluster CA; `None` only when every cluster address is loopback.
+    pub tls: Option<Arc<ClusterTls>>,
 }
 
 /// Why a node could not start.
@@ -168,11 +171,55 @@ pub struct JoinTicket {
     pub node_id: NodeId,
     pub cluster_id: String,
     pub members: Vec<String>,
+    /// This node's certificates, on a TLS cluster.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A join token as printed: `wharf-join.<cluster id>.<secret>[.<cluster CA, base64url DER>]`.
+/// The CA part is there on a TLS cluster: the joining node trusts that CA, and only it, for its
+/// join call.
+struct JoinToken {
+    cluster_id: String,
+    ca_der: Option<Vec<u8>>,
+}
+
+const TOKEN_PREFIX: &str = "wharf-join";
+
+fn format_token(cluster_id: &str, secret: &str, ca_der: Option<&[u8]>) -> String {
+    use base64::Engine as _;
+    match ca_der {
+        Some(der) => format!(
+            "{TOKEN_PREFIX}.{cluster_id}.{secret}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(der)
+        ),
+        None => format!("{TOKEN_PREFIX}.{cluster_id}.{secret}"),
+    }
+}
+
+fn parse_token(token: &str) -> Result<JoinToken, String> {
+    use base64::Engine as _;
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    match parts.as_slice() {
+        [TOKEN_PREFIX, cluster_id, _secret] => Ok(JoinToken {
+            cluster_id: (*cluster_id).to_string(),
+            ca_der: None,
+        }),
+        [TOKEN_PREFIX, cluster_id, _secret, ca] => Ok(JoinToken {
+            cluster_id: (*cluster_id).to_string(),
+            ca_der: Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(ca)
+                    .map_err(|e| format!("the token's CA part is not base64url: {e}"))?,
+            ),
+        }),
+        _ => Err("not a join token (wharf-join.<cluster>.<secret>[.<ca>])".to_string()),
+    }
 }
 
 /// Asks the cluster member at `addr` to admit this node (`wharf serve --join`). `nonce` is a
 /// random string the caller has stored durably before asking, so that a retry after a crash
-/// gets the same id and nobody else can reuse the token.
+/// gets the same id and nobody else can reuse the token. On a TLS cluster the call is made over
+/// TLS trusting only the CA in the token, and the ticket carries this node's certificates.
 pub async fn join(
     addr: &str,
     token: &str,
@@ -184,29 +231,54 @@ pub async fn join(
         addr: addr.to_string(),
         reason,
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| failed(e.to_string()))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let parsed = parse_token(token).map_err(failed)?;
+    let tls = match &parsed.ca_der {
+        Some(der) => Some((
+            crate::tls::joiner_client_config(der).map_err(|e| failed(e.to_string()))?,
+            crate::tls::cluster_name(&parsed.cluster_id),
+        )),
+        None => None,
+    };
+    let channel =
+        crate::transport::channel(addr, tls, timeout).map_err(|e| failed(e.to_string()))?;
     let mut client = pb::admin_client::AdminClient::new(channel);
-    let response = client
-        .join(pb::JoinRequest {
-            token: token.trim().to_string(),
-            cluster_addr: info.addr.clone(),
-            client_url: info.client_url.clone(),
-            region: info.region.clone(),
-            nonce: nonce.to_string(),
-        })
+    let mut request = tonic::Request::new(pb::JoinRequest {
+        token: token.trim().to_string(),
+        cluster_addr: info.addr.clone(),
+        client_url: info.client_url.clone(),
+        region: info.region.clone(),
+        nonce: nonce.to_string(),
+    });
+    request.set_timeout(timeout);
+    let response = tokio::time::timeout(timeout, client.join(request))
         .await
+        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
         .map_err(|s| failed(s.message().to_string()))?
         .into_inner();
+    if response.cluster_id != parsed.cluster_id {
+        return Err(failed(format!(
+            "the token is for cluster {}, but {addr} belongs to {}",
+            parsed.cluster_id, response.cluster_id
+        )));
+    }
+    let tls = if parsed.ca_der.is_some() {
+        if response.node_cert_pem.is_empty() {
+            return Err(failed("a TLS cluster sent no certificate".to_string()));
+        }
+        Some(TlsFiles {
+            ca_pem: response.ca_pem,
+            ca_key_pem: response.ca_key_pem,
+            node_pem: response.node_cert_pem,
+            node_key_pem: response.node_key_pem,
+        })
+    } else {
+        None
+    };
     Ok(JoinTicket {
         node_id: response.node_id,
         cluster_id: response.cluster_id,
         members: response.members,
+        tls,
     })
 }
 
@@ -294,6 +366,7 @@ impl ClusterNode {
             opts.node_id,
             t.election_timeout_min,
             opts.links.clone(),
+            opts.tls.clone(),
         ));
         let network = GrpcNetworkFactory {
             peers: peers.clone(),
@@ -309,12 +382,14 @@ impl ClusterNode {
             leader_silence_limit: t.election_timeout_max,
             leader_contact_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            tls: opts.tls.clone(),
         });
         let identity = Identity {
             cluster_id: opts.cluster_id.clone(),
             self_id: opts.node_id,
             raft: raft.clone(),
             links: opts.links.clone(),
+            tls: opts.tls.is_some(),
         };
         let barrier_core = core.clone();
         let barrier: BarrierFn = Box::new(move || {
@@ -364,7 +439,7 @@ impl ClusterNode {
         // not entries a leader is already replicating to it.
         let (stop_server, stopped) = watch::channel(false);
         let server = tokio::spawn(serve_cluster(
-            listener,
+            crate::transport::incoming(listener, opts.tls.as_ref().map(|t| t.server.clone())),
             RaftService {
                 raft: node.core.raft.clone(),
                 identity: identity.clone(),
@@ -439,6 +514,7 @@ impl ClusterNode {
             },
             mode: StartMode::Bootstrap,
             links: None,
+            tls: None,
         })
         .await
     }
@@ -481,6 +557,11 @@ impl ClusterNode {
     /// Log index up to which this node's log was purged (behind its snapshot).
     pub fn purged_index(&self) -> Option<u64> {
         self.core.metrics().purged.map(|id| id.index)
+    }
+
+    /// When this node's cluster certificate expires (unix seconds), on a TLS cluster.
+    pub fn cert_not_after(&self) -> Option<i64> {
+        self.core.tls.as_ref().map(|t| t.not_after)
     }
 
     /// Whether this node is a voter in the configuration it knows.
@@ -531,7 +612,15 @@ impl ClusterNode {
         ctx: ProposeContext,
         ttl: Duration,
     ) -> Result<String, MetaError> {
-        let token = format!("wharf-join-{}", hex::encode(rand::random::<[u8; 24]>()));
+        let secret = hex::encode(rand::random::<[u8; 24]>());
+        let ca_der = match &self.core.tls {
+            Some(tls) => Some(
+                crate::tls::first_cert_der(&tls.files.ca_pem)
+                    .map_err(|e| MetaError::Fatal(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let token = format_token(&self.core.cluster_id, &secret, ca_der.as_deref());
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let command = Command::CreateJoinToken {
             token_sha256: crate::core::token_digest(&token),
@@ -647,27 +736,15 @@ impl ClusterNode {
     }
 }
 
-/// Serves `wharf.raft.v1` and `wharf.admin.v1` until `stop` turns true.
+/// Serves `wharf.raft.v1` and `wharf.admin.v1` on `incoming` connections until `stop` turns
+/// true.
 async fn serve_cluster(
-    listener: tokio::net::TcpListener,
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<crate::transport::PeerStream>>,
     raft: RaftService,
     admin: AdminService,
     mut stop: watch::Receiver<bool>,
 ) {
-    // tonic's `tcp_nodelay` applies only to listeners it binds itself: set it on every accepted
-    // stream, or Nagle's algorithm and delayed ACKs add ~40 ms to each small raft message.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |accepted| {
-            accepted.inspect(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!("cannot set TCP_NODELAY on a cluster connection: {e}");
-                }
-            })
-        },
-    );
     let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(
             wharf_proto::raft::raft_server::RaftServer::new(raft)
@@ -868,6 +945,7 @@ mod tests {
         cluster_id: &str,
         listen: SocketAddr,
         mode: StartMode,
+        tls: Option<TlsFiles>,
     ) -> ClusterNode {
         ClusterNode::start(StartOptions {
             data_dir: dir.to_path_buf(),
@@ -882,6 +960,7 @@ mod tests {
             timing: fast(),
             mode,
             links: None,
+            tls: tls.map(|files| Arc::new(ClusterTls::new(files).unwrap())),
         })
         .await
         .unwrap()
@@ -906,9 +985,29 @@ mod tests {
     /// retried request id applies once across the leader change.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn three_nodes_join_forward_and_fail_over() {
+        three_nodes(false).await;
+    }
+
+    /// The same over mutual TLS: the join token carries the CA, joiners get certificates that
+    /// name their node id and the cluster, and every call is checked against them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_nodes_over_mutual_tls() {
+        three_nodes(true).await;
+    }
+
+    async fn three_nodes(tls: bool) {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let addrs: Vec<_> = (0..3).map(|_| free_port()).collect();
-        let n1 = start_member(dirs[0].path(), 1, "c1", addrs[0], StartMode::Bootstrap).await;
+        let first_tls = tls.then(|| crate::tls::new_cluster_files("c1", 1).unwrap());
+        let n1 = start_member(
+            dirs[0].path(),
+            1,
+            "c1",
+            addrs[0],
+            StartMode::Bootstrap,
+            first_tls,
+        )
+        .await;
 
         let mut nodes = vec![n1];
         for i in 1..3 {
@@ -934,12 +1033,21 @@ mod tests {
             assert_eq!(again.node_id, ticket.node_id);
             let other = join(&via, &token, "another-joiner-0123456789", &info, wait).await;
             assert!(other.is_err(), "a used token admitted a second node");
+            assert_eq!(
+                ticket.tls.is_some(),
+                tls,
+                "certificates come with a TLS join"
+            );
+            if tls {
+                assert!(token.split('.').count() == 4, "a TLS token carries the CA");
+            }
             let node = start_member(
                 dirs[i].path(),
                 ticket.node_id,
                 "c1",
                 addrs[i],
                 StartMode::Member,
+                ticket.tls.clone(),
             )
             .await;
             wait_for("learner catches up", || node.is_ready()).await;
@@ -954,6 +1062,23 @@ mod tests {
         )
         .await;
         assert!(bad.is_err());
+        if tls {
+            // A token naming another CA: the handshake with this cluster fails.
+            let other = crate::tls::new_cluster_files("c1", 1).unwrap();
+            let der = crate::tls::first_cert_der(&other.ca_pem).unwrap();
+            let forged = format_token("c1", "secret", Some(&der));
+            let wait = Duration::from_secs(5);
+            let err = join(
+                &addrs[0].to_string(),
+                &forged,
+                "nonce-0123456789ab",
+                &NodeInfo::default(),
+                wait,
+            )
+            .await
+            .unwrap_err();
+            assert!(err.to_string().contains("cannot join"), "{err}");
+        }
 
         for id in [2, 3] {
             let dry = nodes[1]

@@ -6,8 +6,9 @@
 //!
 //! Every request carries the cluster id and the sender's and target's node ids as gRPC
 //! metadata; [`Identity::check`] refuses a call meant for another cluster or another node, or
-//! sent by a node that is not (or no longer) a member. Until the cluster CA lands these ids are
-//! asserted, not proven: plaintext is allowed only on loopback (see `wharf-server`).
+//! sent by a node that is not (or no longer) a member. Over mutual TLS the claimed sender must
+//! also be the node its certificate names ([`crate::tls`]); plaintext is allowed only on a
+//! loopback-only cluster.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wharf_types::NodeId;
 
 use crate::Raft;
@@ -48,6 +49,8 @@ pub(crate) struct Peers {
     pub(crate) cluster_id: String,
     pub(crate) self_id: NodeId,
     pub(crate) links: Option<std::sync::Arc<dyn LinkFilter>>,
+    /// Mutual TLS under the cluster CA; `None` on a loopback-only cluster.
+    pub(crate) tls: Option<std::sync::Arc<crate::tls::ClusterTls>>,
     connect_timeout: Duration,
     channels: Mutex<HashMap<(NodeId, Lane), (String, Channel)>>,
 }
@@ -58,11 +61,13 @@ impl Peers {
         self_id: NodeId,
         connect_timeout: Duration,
         links: Option<std::sync::Arc<dyn LinkFilter>>,
+        tls: Option<std::sync::Arc<crate::tls::ClusterTls>>,
     ) -> Peers {
         Peers {
             cluster_id,
             self_id,
             links,
+            tls,
             connect_timeout,
             channels: Mutex::new(HashMap::new()),
         }
@@ -85,13 +90,13 @@ impl Peers {
         {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let tls = self.tls.as_ref().map(|t| {
+            (
+                t.client.clone(),
+                crate::tls::node_name(&self.cluster_id, target),
+            )
+        });
+        let channel = crate::transport::channel(addr, tls, self.connect_timeout)?;
         channels.insert((target, lane), (addr.to_string(), channel.clone()));
         Ok(channel)
     }
@@ -136,6 +141,8 @@ pub(crate) struct Identity {
     pub(crate) self_id: NodeId,
     pub(crate) raft: Raft,
     pub(crate) links: Option<std::sync::Arc<dyn LinkFilter>>,
+    /// Whether calls come over mutual TLS (then the claimed sender must match its certificate).
+    pub(crate) tls: bool,
 }
 
 impl Identity {
@@ -158,7 +165,8 @@ impl Identity {
             .map_or(Duration::ZERO, |l| l.delay(from, self.self_id))
     }
 
-    pub(crate) fn check(&self, meta: &MetadataMap) -> Result<NodeId, tonic::Status> {
+    pub(crate) fn check<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
+        let meta = request.metadata();
         let get = |key: &str| {
             meta.get(key)
                 .and_then(|v| v.to_str().ok())
@@ -183,6 +191,24 @@ impl Identity {
         let from: NodeId = get(HEADER_FROM)?
             .parse()
             .map_err(|_| tonic::Status::invalid_argument("bad x-wharf-from"))?;
+        if self.tls {
+            // The handshake verified the chain against the cluster CA; the certificate must
+            // also name the node the call claims to come from.
+            let certs = request
+                .extensions()
+                .get::<crate::transport::PeerCerts>()
+                .map(|c| c.0.clone())
+                .unwrap_or_default();
+            let named = certs
+                .first()
+                .is_some_and(|leaf| crate::tls::names_node(leaf, &self.cluster_id, from));
+            if !named {
+                return Err(tonic::Status::unauthenticated(format!(
+                    "the caller's certificate does not name node {from} of cluster {}",
+                    self.cluster_id
+                )));
+            }
+        }
         if !self.allows_from(from) {
             return Err(tonic::Status::unavailable(format!(
                 "link {from} → {} is cut",

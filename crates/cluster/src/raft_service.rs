@@ -54,7 +54,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         self.core.heard_from_leader();
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode(&request.into_inner().body).map_err(bad_body)?;
@@ -70,7 +70,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let from = self.identity.check(request.metadata())?;
+        let from = self.identity.check(&request)?;
         let identity = self.identity.clone();
         // A request that does not decode ends the input; the leader sees the stream end and
         // starts a new one.
@@ -131,7 +131,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let rpc: VoteRequest<TypeConfig> = decode(&request.into_inner().body).map_err(bad_body)?;
         let response = self.raft.vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(pb::VoteResponse {
@@ -143,7 +143,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let rpc: VoteRequest<TypeConfig> = decode(&request.into_inner().body).map_err(bad_body)?;
         let response = self.raft.pre_vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(pb::VoteResponse {
@@ -155,7 +155,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let rpc: TransferLeaderRequest<TypeConfig> =
             decode(&request.into_inner().body).map_err(bad_body)?;
         let response = self
@@ -172,7 +172,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        self.identity.check(request.metadata())?;
+        self.identity.check(&request)?;
         let mut stream = request.into_inner();
         let timeout = self.chunk_timeout;
         let Some(pb::snapshot_chunk::Part::Header(header)) =

@@ -27,6 +27,7 @@
 //! listen = "127.0.0.1:7071"                      # raft + admin gRPC between nodes
 //! advertise = "10.0.0.5:7071"                    # what other nodes dial (default: listen)
 //! join = "10.0.0.1:7071"                         # first start only: join through this member
+//! tls = true                                     # default: on unless every address is loopback
 //! heartbeat_ms = 300                             # ≥ 2 × the largest RTT between nodes
 //! election_timeout_min_ms = 1500                 # ≥ 5 × heartbeat_ms
 //! election_timeout_max_ms = 3000                 # ≈ 2 × election_timeout_min_ms
@@ -90,6 +91,10 @@ pub struct ClusterConfig {
     /// On first start, join the cluster through this member (with a token from
     /// `wharf cluster join-token`, given as `--token` or `WHARF_JOIN_TOKEN`).
     pub join: Option<String>,
+    /// Mutual TLS between nodes under the cluster CA that `wharf cluster init` creates. Unset:
+    /// on unless every cluster address is loopback. `false` is allowed only on loopback. A
+    /// joining node follows the cluster it joins (its token says).
+    pub tls: Option<bool>,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -106,6 +111,7 @@ impl Default for ClusterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             advertise: None,
             join: None,
+            tls: None,
             heartbeat_ms: 300,
             election_timeout_min_ms: 1500,
             election_timeout_max_ms: 3000,
@@ -121,6 +127,18 @@ impl ClusterConfig {
     /// The address other nodes dial.
     pub fn advertised(&self) -> SocketAddr {
         self.advertise.unwrap_or(self.listen)
+    }
+
+    /// Whether every cluster address (listen, advertise, join) is loopback.
+    pub fn all_loopback(&self) -> bool {
+        self.listen.ip().is_loopback()
+            && self.advertised().ip().is_loopback()
+            && self.join.as_deref().is_none_or(is_loopback_addr)
+    }
+
+    /// Whether `wharf cluster init` creates a CA for this cluster.
+    pub fn wants_tls(&self) -> bool {
+        self.tls.unwrap_or(!self.all_loopback())
     }
 }
 
@@ -310,13 +328,11 @@ impl Config {
                 c.advertised()
             )));
         }
-        // Node-to-node TLS under the cluster CA is not built yet: until it is, cluster traffic
-        // is plaintext and therefore allowed only on loopback (DESIGN.md §2).
-        let join_is_loopback = c.join.as_deref().is_none_or(is_loopback_addr);
-        if !(c.listen.ip().is_loopback() && c.advertised().ip().is_loopback() && join_is_loopback) {
+        // Plaintext between nodes only when every address is loopback (DESIGN.md §2).
+        if c.tls == Some(false) && !c.all_loopback() {
             return Err(ConfigError::Invalid(
-                "cluster traffic is plaintext until cluster TLS lands, so cluster.listen, \
-                 cluster.advertise and cluster.join must all be loopback addresses"
+                "cluster.tls = false is allowed only when cluster.listen, cluster.advertise and \
+                 cluster.join are all loopback addresses"
                     .into(),
             ));
         }
@@ -383,7 +399,11 @@ mod tests {
         };
         assert!(bad("[cluster]\nheartbeat_ms = 1000\n").contains("twice"));
         assert!(bad("[cluster]\nlisten = \"0.0.0.0:7071\"\n").contains("advertise"));
-        assert!(bad("[cluster]\nlisten = \"10.0.0.1:7071\"\n").contains("loopback"));
+        assert!(bad("[cluster]\nlisten = \"10.0.0.1:7071\"\ntls = false\n").contains("loopback"));
+        let wan = Config::parse("[cluster]\nlisten = \"10.0.0.1:7071\"\n").unwrap();
+        wan.validate().unwrap();
+        assert!(wan.cluster.wants_tls());
+        assert!(!Config::default().cluster.wants_tls());
         assert!(bad("[cluster]\njoin = \"127.0.0.1:7071\"\n").contains("min_copies"));
         assert!(bad("[durability]\nmin_copies = 2\n").contains("replication"));
         let ok = "[cluster]\njoin = \"localhost:7071\"\n[durability]\nmin_copies = 1\n";

@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use wharf_blob::FsBlobStore;
-use wharf_cluster::{ClusterNode, NodeInfo, RaftTiming, StartMode, StartOptions};
+use wharf_cluster::{ClusterNode, ClusterTls, NodeInfo, RaftTiming, StartMode, StartOptions};
 use wharf_config::Config;
 use wharf_registry::Registry;
 
@@ -78,6 +78,10 @@ fn timing(config: &Config) -> RaftTiming {
     }
 }
 
+fn tls_error(e: wharf_cluster::tls::TlsError) -> ServerError {
+    ServerError::Tls(format!("cluster certificates: {e}"))
+}
+
 /// The client URL other nodes show for this one.
 fn client_url(config: &Config) -> String {
     match &config.server.public_url {
@@ -132,6 +136,9 @@ async fn establish_identity(
             region: config.server.region.clone(),
             cluster_id: ticket.cluster_id,
         };
+        if let Some(files) = &ticket.tls {
+            wharf_cluster::tls::store(data_dir, files).map_err(tls_error)?;
+        }
         identity::store_with_raft_dir(data_dir, &identity)?;
         return Ok((identity, StartMode::Member));
     }
@@ -141,6 +148,12 @@ async fn establish_identity(
             region: config.server.region.clone(),
             cluster_id: hex::encode(rand::random::<[u8; 16]>()),
         };
+        if config.cluster.wants_tls() {
+            let files =
+                wharf_cluster::tls::new_cluster_files(&identity.cluster_id, identity.node_id)
+                    .map_err(tls_error)?;
+            wharf_cluster::tls::store(data_dir, &files).map_err(tls_error)?;
+        }
         identity::store_with_raft_dir(data_dir, &identity)?;
         return Ok((identity, StartMode::Bootstrap));
     }
@@ -163,6 +176,17 @@ async fn start_cluster(
         region: identity.region.clone(),
         client_url: client_url(config),
     };
+    let tls = match wharf_cluster::tls::load(&config.server.data_dir).map_err(tls_error)? {
+        Some(files) => Some(Arc::new(ClusterTls::new(files).map_err(tls_error)?)),
+        None if !config.cluster.all_loopback() => {
+            return Err(ServerError::Tls(format!(
+                "{} has no cluster certificates (tls/), and plaintext between nodes is allowed \
+                 only on loopback; this cluster was created without TLS",
+                config.server.data_dir.display()
+            )));
+        }
+        None => None,
+    };
     let node = ClusterNode::start(StartOptions {
         data_dir: config.server.data_dir.clone(),
         node_id: identity.node_id,
@@ -172,6 +196,7 @@ async fn start_cluster(
         timing: timing(config),
         mode,
         links: None,
+        tls,
     })
     .await?;
     Ok(Arc::new(node))
@@ -295,7 +320,7 @@ async fn metrics(State(h): State<Health>) -> Response {
          # TYPE wharf_raft_is_leader gauge\nwharf_raft_is_leader{{node=\"{id}\"}} {leader}\n\
          # TYPE wharf_raft_is_voter gauge\nwharf_raft_is_voter{{node=\"{id}\"}} {voter}\n\
          # TYPE wharf_raft_snapshot_index gauge\nwharf_raft_snapshot_index{{node=\"{id}\"}} {snapshot}\n\
-         # TYPE wharf_raft_purged_index gauge\nwharf_raft_purged_index{{node=\"{id}\"}} {purged}\n",
+         # TYPE wharf_raft_purged_index gauge\nwharf_raft_purged_index{{node=\"{id}\"}} {purged}\n{cert}",
         id = c.node_id(),
         ready = u8::from(c.is_ready()),
         term = c.current_term(),
@@ -304,6 +329,12 @@ async fn metrics(State(h): State<Health>) -> Response {
         voter = u8::from(c.is_voter()),
         snapshot = c.snapshot_index().unwrap_or(0),
         purged = c.purged_index().unwrap_or(0),
+        cert = c.cert_not_after().map_or(String::new(), |t| format!(
+            "# HELP wharf_cluster_cert_expiry_timestamp_seconds When this node's cluster certificate expires.\n\
+             # TYPE wharf_cluster_cert_expiry_timestamp_seconds gauge\n\
+             wharf_cluster_cert_expiry_timestamp_seconds{{node=\"{}\"}} {t}\n",
+            c.node_id()
+        )),
     );
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

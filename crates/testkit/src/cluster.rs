@@ -154,6 +154,7 @@ impl InProcessCluster {
             timing: self.timing.clone(),
             mode,
             links: Some(self.net.clone() as Arc<dyn LinkFilter>),
+            tls: None,
         })
         .await
         .expect("node starts");

@@ -30,15 +30,28 @@ fn manifest_with_blobs(http: &OciHttp, name: &str, seed: &str) -> Vec<u8> {
     )
 }
 
+/// Every tag of `name`, page by page.
 fn tags(http: &OciHttp, name: &str) -> BTreeSet<String> {
-    let r = http.call("GET", &format!("/v2/{name}/tags/list?n=10000"));
-    assert_eq!(r.status, 200, "{}: {}", r.what, r.text_excerpt());
-    r.json()["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.as_str().map(str::to_string))
-        .collect()
+    let mut all = BTreeSet::new();
+    let mut last = String::new();
+    loop {
+        let r = http.call("GET", &format!("/v2/{name}/tags/list?n=500&last={last}"));
+        assert_eq!(r.status, 200, "{}: {}", r.what, r.text_excerpt());
+        let page: Vec<String> = r.json()["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+        let done = page.len() < 500;
+        if let Some(l) = page.last() {
+            last = l.clone();
+        }
+        all.extend(page);
+        if done {
+            return all;
+        }
+    }
 }
 
 /// `wharf dev --nodes 3` forms a three-node cluster with the documented regions and pid files,
@@ -361,6 +374,7 @@ fn lagging_node_catches_up_from_a_snapshot() {
         ClusterOpts {
             snapshot_every_entries: 40,
             log_entries_kept: 5,
+            ..ClusterOpts::default()
         },
     );
     let name = "snap/app";
@@ -458,10 +472,17 @@ fn a_wiped_node_cannot_rejoin_under_its_old_id() {
         ),
     )
     .unwrap();
+    let cluster_id = cluster.status(0)["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = Command::new(wharf_bin())
         .args(["serve", "--config"])
         .arg(dir.join("wharf.toml"))
-        .env("WHARF_JOIN_TOKEN", "wharf-join-never-issued")
+        .env(
+            "WHARF_JOIN_TOKEN",
+            format!("wharf-join.{cluster_id}.neverissued"),
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -491,4 +512,84 @@ fn every_cluster_config_passes_wharf_config_check() {
         }
     }
     assert!(checked >= 5, "only {checked} configs found");
+}
+
+/// A cluster with mutual TLS: `wharf cluster init` creates the CA, joining nodes get
+/// certificates through their token, keys are private to the node, the certificate expiry is
+/// exported, writes go through any node, and a token naming another CA is refused at the
+/// handshake.
+#[test]
+fn a_tls_cluster_forms_takes_writes_and_refuses_a_foreign_ca() {
+    init_logging();
+    let cluster = TestCluster::start(
+        3,
+        ClusterOpts {
+            tls: true,
+            ..ClusterOpts::default()
+        },
+    );
+    for m in &cluster.members {
+        let key = m.dir.join("data/tls/node.key");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{} is readable by others", key.display());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry = cluster.metric(2, "wharf_cluster_cert_expiry_timestamp_seconds");
+    assert!(expiry > now + 300 * 24 * 3600, "expiry {expiry}");
+    let token = cluster.join_token();
+    assert_eq!(
+        token.split('.').count(),
+        4,
+        "a TLS join token carries the CA: {token}"
+    );
+
+    let (n1, n3) = (cluster.members[0].http(), cluster.members[2].http());
+    let m = manifest_with_blobs(&n3, "tls/app", "tls");
+    n3.put_manifest("tls/app", "v1", Some(OCI_MANIFEST), &m)
+        .expect(201);
+    assert!(tags(&n1, "tls/app").contains("v1"));
+
+    // Another cluster's CA in an otherwise well-formed token: the TLS handshake fails.
+    let other = cluster.root().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let foreign_ca = {
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        // Flip one character of the CA: base64 that decodes to a certificate no one issued.
+        let ca = parts[3].clone();
+        let flipped: String = ca
+            .char_indices()
+            .map(|(i, c)| {
+                if i == ca.len() / 2 {
+                    if c == 'A' { 'B' } else { 'A' }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        parts[3] = flipped;
+        parts.join(".")
+    };
+    std::fs::write(
+        other.join("wharf.toml"),
+        format!(
+            "[server]\nlisten = \"{}\"\ndata_dir = \"data\"\n[cluster]\nlisten = \"{}\"\njoin = \"{}\"\n[durability]\nmin_copies = 1\n",
+            free_addr(),
+            free_addr(),
+            cluster.members[0].cluster
+        ),
+    )
+    .unwrap();
+    let out = Command::new(wharf_bin())
+        .args(["serve", "--config"])
+        .arg(other.join("wharf.toml"))
+        .env("WHARF_JOIN_TOKEN", &foreign_ca)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a node joined with a forged CA");
+    assert!(!other.join("data/node.toml").exists());
 }
