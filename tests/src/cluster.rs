@@ -302,6 +302,12 @@ impl TestCluster {
         }
     }
 
+    /// Sends `sig` (a `kill -s` name: STOP, CONT, ...) to member `i`'s process.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let child = self.members[i].child.as_ref().expect("member is running");
+        signal(child.id(), sig);
+    }
+
     /// SIGTERM member `i` and wait for it to exit.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {

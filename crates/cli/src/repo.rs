@@ -41,6 +41,10 @@ enum RepoCommand {
         /// Admit OCI indexes whose child manifests are missing.
         #[arg(long)]
         allow_sparse_index: bool,
+        /// How mutable tags and listings are read on each node: strong (linearizable) or
+        /// bounded (local while the node heard from a leader within read.max_staleness_ms).
+        #[arg(long, default_value = "strong", value_parser = ["strong", "bounded"])]
+        consistency: String,
     },
     /// List repositories.
     List,
@@ -55,8 +59,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
             format,
             immutable,
             allow_sparse_index,
+            consistency,
         } => {
-            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index });
+            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index, "consistency": consistency });
             let response = client
                 .post(format!("{base}/api/v1/repos"))
                 .json(&body)

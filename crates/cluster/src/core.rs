@@ -150,6 +150,23 @@ impl Core {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Whether this node heard from its leader within `max` (a leader: from a quorum).
+    pub(crate) fn fresh_within(&self, max: Duration) -> bool {
+        let m = self.metrics();
+        let Some(leader) = m.current_leader else {
+            return false;
+        };
+        if leader == self.node_id {
+            let voters = m.membership_config.membership().voter_ids().count();
+            return voters <= 1
+                || m.last_quorum_acked.is_some_and(|at| {
+                    openraft::async_runtime::Instant::elapsed(&at.into_inner()) <= max
+                });
+        }
+        let last = Duration::from_millis(self.leader_contact_ms.load(Ordering::Relaxed));
+        last > Duration::ZERO && self.epoch.elapsed().saturating_sub(last) <= max
+    }
+
     /// Records that a leader just reached this node.
     pub(crate) fn heard_from_leader(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);

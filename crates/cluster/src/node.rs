@@ -798,6 +798,10 @@ impl MetaHandle for ClusterNode {
     fn state(&self) -> Arc<redb::Database> {
         self.state.clone()
     }
+
+    fn fresh_within(&self, max_staleness: Duration) -> bool {
+        self.core.fresh_within(max_staleness) && self.is_ready()
+    }
 }
 
 #[cfg(test)]
@@ -832,6 +836,7 @@ mod tests {
                 format: Format::Oci,
                 immutable: false,
                 allow_sparse_index: false,
+                consistency: wharf_meta::Consistency::Strong,
             },
             if_absent: true,
         }

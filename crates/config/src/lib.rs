@@ -38,6 +38,9 @@
 //!
 //! [durability]
 //! min_copies = 1                                 # a multi-node cluster must say 1 explicitly
+//!
+//! [read]
+//! max_staleness_ms = 1000                        # `bounded` repositories read locally within it
 //! ```
 //!
 //! **Raft timing rule of thumb.** An append RPC times out after one heartbeat period, so
@@ -78,6 +81,24 @@ pub struct Config {
     pub storage: StorageConfig,
     pub cluster: ClusterConfig,
     pub durability: DurabilityConfig,
+    pub read: ReadConfig,
+}
+
+/// Reads of mutable state in `bounded` repositories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadConfig {
+    /// A `bounded` repository is read locally while the node heard from a leader within this
+    /// many milliseconds (DESIGN.md §1.5c); past it, reads go through the leader.
+    pub max_staleness_ms: u64,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            max_staleness_ms: 1000,
+        }
+    }
 }
 
 /// The cluster listener and raft timing.

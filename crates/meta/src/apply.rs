@@ -764,6 +764,7 @@ mod tests {
                 format,
                 immutable,
                 allow_sparse_index: sparse,
+                consistency: crate::command::Consistency::Strong,
             };
             let r = self.apply(Command::CreateRepo {
                 name: RepoName::new(name).unwrap(),
@@ -1009,6 +1010,7 @@ mod tests {
             format: Format::Oci,
             immutable: false,
             allow_sparse_index: false,
+            consistency: crate::command::Consistency::Strong,
         };
         let create = Command::CreateRepo {
             name: RepoName::new("r").unwrap(),

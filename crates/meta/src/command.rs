@@ -48,6 +48,21 @@ pub struct RepoSettings {
     /// Admit OCI indexes whose child manifests are not (yet) in the repository.
     #[serde(default)]
     pub allow_sparse_index: bool,
+    /// How mutable tags, listings and generated indexes are read (DESIGN.md §1.5c).
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// How a repository's mutable state is read on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Linearizable: every read of mutable state goes through a (shared) ReadIndex.
+    #[default]
+    Strong,
+    /// Served from local state while the node heard from a leader within
+    /// `read.max_staleness` and applied what it knew committed; else as `strong`.
+    Bounded,
 }
 
 /// A descriptor as it is kept for referrers listings.

@@ -76,4 +76,11 @@ pub trait MetaHandle: Send + Sync + 'static {
 
     /// The state-machine database, for queries in [`crate::query`] inside one read transaction.
     fn state(&self) -> Arc<redb::Database>;
+
+    /// Whether local state is fresh enough for a `bounded` read: this node heard from a leader
+    /// (or, leading, from a quorum) within `max_staleness` and has applied everything it knows
+    /// to be committed. The default says no, so reads fall back to a barrier.
+    fn fresh_within(&self, _max_staleness: std::time::Duration) -> bool {
+        false
+    }
 }

@@ -17,8 +17,8 @@ pub mod state_machine;
 pub mod tables;
 
 pub use command::{
-    Command, CommandResult, ENVELOPE_VERSION, Envelope, ManifestPut, Outcome, ReferrerDescriptor,
-    Rejection, RepoSettings, RequestId,
+    Command, CommandResult, Consistency, ENVELOPE_VERSION, Envelope, ManifestPut, Outcome,
+    ReferrerDescriptor, Rejection, RepoSettings, RequestId,
 };
 pub use handle::{MetaError, MetaHandle, ProposeContext};
 pub use log_store::{decode, encode};

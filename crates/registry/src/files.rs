@@ -55,7 +55,8 @@ impl Registry {
         if local.is_some() && immutable {
             return Ok(local);
         }
-        self.read_strong(|t| query::file(t, repo, path)).await
+        self.read_mutable(repo, |t| query::file(t, repo, path), Option::is_some)
+            .await
     }
 
     /// Files under directory `dir` (`""` or ending in `/`).
@@ -65,8 +66,12 @@ impl Registry {
         dir: &str,
         limit: usize,
     ) -> Result<Vec<(String, FileRecord)>> {
-        self.read_strong(|t| query::files_under(t, repo, dir, limit))
-            .await
+        self.read_mutable(
+            repo,
+            |t| query::files_under(t, repo, dir, limit),
+            |files| !files.is_empty(),
+        )
+        .await
     }
 
     /// Deletes the file at `path`.

@@ -82,7 +82,12 @@ pub struct Registry {
     proposals: Arc<tokio::sync::Semaphore>,
     reads: Arc<tokio::sync::Semaphore>,
     documents: Arc<small_blobs::SmallBlobCache>,
+    /// How stale a `bounded` repository's local state may be (DESIGN.md §1.5c).
+    max_staleness: std::time::Duration,
 }
+
+/// Default of `read.max_staleness` for `bounded` repositories.
+pub const DEFAULT_MAX_STALENESS: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many blob reads one node keeps open at once (each buffers up to ~12 MiB).
 pub const MAX_READS_IN_FLIGHT: usize = 256;
@@ -112,7 +117,14 @@ impl Registry {
             proposals: Arc::new(tokio::sync::Semaphore::new(MAX_PROPOSALS_IN_FLIGHT)),
             reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS_IN_FLIGHT)),
             documents: Arc::default(),
+            max_staleness: DEFAULT_MAX_STALENESS,
         }
+    }
+
+    /// Sets `read.max_staleness` for `bounded` repositories.
+    pub fn with_max_staleness(mut self, max_staleness: std::time::Duration) -> Self {
+        self.max_staleness = max_staleness;
+        self
     }
 
     /// This node's id.
@@ -245,6 +257,30 @@ impl Registry {
         self.read(f)
     }
 
+    /// A read of `repo`'s mutable state (tags, listings) as the repository's `consistency`
+    /// asks: `bounded` reads locally while this node is fresh, everything else is a linearizable
+    /// read (DESIGN.md §1.5c). A `bounded` node past its staleness bound falls back to the
+    /// barrier, which on a minority fails with NO_QUORUM (§1.6). A local answer that
+    /// `is_hit` calls a miss is never given: misses always run the barrier (§1.5b).
+    async fn read_mutable<T>(
+        &self,
+        repo: &RepoName,
+        f: impl Fn(&redb::ReadTransaction) -> std::result::Result<T, wharf_meta::MetaError>,
+        is_hit: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
+        let bounded = self.read(|t| {
+            Ok(query::repo(t, repo)?
+                .is_some_and(|r| r.settings.consistency == wharf_meta::Consistency::Bounded))
+        })?;
+        if bounded && self.meta.fresh_within(self.max_staleness) {
+            let local = self.read(&f)?;
+            if is_hit(&local) {
+                return Ok(local);
+            }
+        }
+        self.read_strong(f).await
+    }
+
     /// The repository record, or NAME_UNKNOWN.
     pub async fn repo(&self, name: &RepoName) -> Result<RepoRecord> {
         self.read_or_barrier(|t| query::repo(t, name))
@@ -273,6 +309,7 @@ impl Registry {
                     format,
                     immutable: format == Format::Generic,
                     allow_sparse_index: false,
+                    consistency: wharf_meta::Consistency::Strong,
                 };
                 self.propose_create_repo(ctx, name, settings, true).await?;
                 self.repo(name).await?
@@ -465,6 +502,7 @@ mod tests {
             format: wharf_types::Format::Oci,
             immutable: false,
             allow_sparse_index: false,
+            consistency: wharf_meta::Consistency::Strong,
         };
         let mut stuck = Vec::new();
         for i in 0..MAX_PROPOSALS_IN_FLIGHT {

@@ -154,7 +154,8 @@ impl Registry {
         if local.is_some() && immutable {
             return Ok(local);
         }
-        self.read_strong(|t| query::tag(t, name, tag)).await
+        self.read_mutable(&name.repo(), |t| query::tag(t, name, tag), Option::is_some)
+            .await
     }
 
     /// A manifest under `name` by digest (local state; a miss runs a barrier).
@@ -207,12 +208,16 @@ impl Registry {
         last: Option<&str>,
         limit: usize,
     ) -> Result<Option<(Vec<String>, bool)>> {
-        self.read_strong(|t| {
-            if !query::image_exists(t, name)? {
-                return Ok(None);
-            }
-            query::tags(t, name, last, limit).map(Some)
-        })
+        self.read_mutable(
+            &name.repo(),
+            |t| {
+                if !query::image_exists(t, name)? {
+                    return Ok(None);
+                }
+                query::tags(t, name, last, limit).map(Some)
+            },
+            Option::is_some,
+        )
         .await
     }
 
@@ -227,8 +232,12 @@ impl Registry {
         name: &ImageName,
         subject: &Digest,
     ) -> Result<Vec<ReferrerDescriptor>> {
-        self.read_strong(|t| query::referrers(t, name, subject))
-            .await
+        self.read_mutable(
+            &name.repo(),
+            |t| query::referrers(t, name, subject),
+            |_| true,
+        )
+        .await
     }
 }
 

@@ -1,7 +1,7 @@
 //! The admin HTTP API under `/api/v1/` that `wharf repo …` talks to.
 //!
 //! `GET /api/v1/repos` lists repositories; `POST /api/v1/repos` creates one from
-//! `{"name","format","immutable","allow_sparse_index"}`. Errors are `{"errors":[{code,message}]}`.
+//! `{"name","format","immutable","allow_sparse_index","consistency"}` (`strong` | `bounded`). Errors are `{"errors":[{code,message}]}`.
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -34,6 +34,9 @@ pub struct RepoView {
     pub immutable: bool,
     #[serde(default)]
     pub allow_sparse_index: bool,
+    /// `strong` (default) or `bounded`.
+    #[serde(default)]
+    pub consistency: wharf_meta::Consistency,
     #[serde(default, skip_deserializing)]
     pub created_ms: u64,
 }
@@ -78,6 +81,7 @@ async fn list_repos(State(state): State<AdminState>) -> Response {
                     format: r.settings.format,
                     immutable: r.settings.immutable,
                     allow_sparse_index: r.settings.allow_sparse_index,
+                    consistency: r.settings.consistency,
                     created_ms: r.created_ms,
                 })
                 .collect();
@@ -122,6 +126,7 @@ async fn create_repo(State(state): State<AdminState>, request: Request) -> Respo
         format: view.format,
         immutable: view.immutable,
         allow_sparse_index: view.allow_sparse_index,
+        consistency: view.consistency,
     };
     match state
         .registry

@@ -241,7 +241,8 @@ pub async fn run(
         node_id,
         config.server.auto_create_repos,
         Arc::new(stop_on_fatal),
-    );
+    )
+    .with_max_staleness(Duration::from_millis(config.read.max_staleness_ms));
 
     let sweeper = tokio::spawn(sweep_uploads(
         blobs,

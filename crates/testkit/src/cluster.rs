@@ -294,6 +294,7 @@ mod tests {
                 format: Format::Generic,
                 immutable: true,
                 allow_sparse_index: false,
+                consistency: wharf_meta::Consistency::Strong,
             },
             if_absent: false,
         }

@@ -593,3 +593,84 @@ fn a_tls_cluster_forms_takes_writes_and_refuses_a_foreign_ca() {
     assert!(!out.status.success(), "a node joined with a forged CA");
     assert!(!other.join("data/node.toml").exists());
 }
+
+/// DESIGN.md §1.5c and §1.6 on a node cut off from the others (they are paused with SIGSTOP):
+/// a `bounded` repository's tags are served from local state until `read.max_staleness`
+/// (1 s) has passed, then refused with 503; a `strong` repository's are refused.
+#[test]
+fn bounded_reads_stay_local_only_within_the_staleness_bound() {
+    init_logging();
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    let m1 = &cluster.members[0];
+    cluster.cli(
+        m1,
+        &[
+            "repo",
+            "create",
+            "fast",
+            "--format",
+            "oci",
+            "--consistency",
+            "bounded",
+        ],
+    );
+    cluster.cli(m1, &["repo", "create", "safe", "--format", "oci"]);
+    let repos = cluster.cli(m1, &["repo", "list", "--json"]);
+    let repos: Value = serde_json::from_slice(&repos.stdout).unwrap();
+    assert!(
+        repos.to_string().contains("\"consistency\":\"bounded\""),
+        "{repos}"
+    );
+    for repo in ["fast", "safe"] {
+        let name = format!("{repo}/app");
+        let m = manifest_with_blobs(&m1.http(), &name, repo);
+        m1.http()
+            .put_manifest(&name, "v1", Some(OCI_MANIFEST), &m)
+            .expect(201);
+    }
+    let n3 = cluster.members[2].http();
+    assert!(tags(&n3, "fast/app").contains("v1"));
+    assert!(tags(&n3, "safe/app").contains("v1"));
+
+    cluster.signal(0, "STOP");
+    cluster.signal(1, "STOP");
+    let paused = Instant::now();
+    let fresh = n3.call("GET", "/v2/fast/app/tags/list");
+    assert!(
+        paused.elapsed() < Duration::from_millis(800),
+        "the check came too late"
+    );
+    assert_eq!(
+        fresh.status,
+        200,
+        "a bounded read within the bound: {}",
+        fresh.text_excerpt()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let stale = n3.call("GET", "/v2/fast/app/tags/list");
+    assert_eq!(
+        stale.status,
+        503,
+        "a bounded read past the bound: {}",
+        stale.text_excerpt()
+    );
+    let strong = n3.call("GET", "/v2/safe/app/tags/list");
+    assert_eq!(
+        strong.status,
+        503,
+        "a strong read without a leader: {}",
+        strong.text_excerpt()
+    );
+
+    cluster.signal(0, "CONT");
+    cluster.signal(1, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = n3.call("GET", "/v2/fast/app/tags/list");
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {}", r.status);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
