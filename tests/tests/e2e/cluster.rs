@@ -30,6 +30,22 @@ fn manifest_with_blobs(http: &OciHttp, name: &str, seed: &str) -> Vec<u8> {
     )
 }
 
+/// A directory `<root>/<name>` with the config of a node that would join `cluster` through
+/// its first member (the token comes with the command).
+fn stranger(cluster: &TestCluster, name: &str) -> std::path::PathBuf {
+    let dir = cluster.root().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "[server]\nlisten = \"{}\"\ndata_dir = \"data\"\n[cluster]\nlisten = \"{}\"\n\
+         join = \"{}\"\n[durability]\nmin_copies = 1\n",
+        free_addr(),
+        free_addr(),
+        cluster.members[0].cluster
+    );
+    std::fs::write(dir.join("wharf.toml"), config).unwrap();
+    dir
+}
+
 /// Every tag of `name`, page by page.
 fn tags(http: &OciHttp, name: &str) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
@@ -460,18 +476,7 @@ fn a_wiped_node_cannot_rejoin_under_its_old_id() {
         serde_json::json!({"action": "promote", "node_id": 99, "dry_run": true}),
     );
     assert_eq!(status, 409, "{body}");
-    let dir = cluster.root().join("stranger");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("wharf.toml"),
-        format!(
-            "[server]\nlisten = \"{}\"\ndata_dir = \"data\"\n[cluster]\nlisten = \"{}\"\njoin = \"{}\"\n[durability]\nmin_copies = 1\n",
-            free_addr(),
-            free_addr(),
-            cluster.members[0].cluster
-        ),
-    )
-    .unwrap();
+    let dir = stranger(&cluster, "stranger");
     let cluster_id = cluster.status(0)["cluster_id"]
         .as_str()
         .unwrap()
@@ -555,8 +560,7 @@ fn a_tls_cluster_forms_takes_writes_and_refuses_a_foreign_ca() {
     assert!(tags(&n1, "tls/app").contains("v1"));
 
     // Another cluster's CA in an otherwise well-formed token: the TLS handshake fails.
-    let other = cluster.root().join("other");
-    std::fs::create_dir_all(&other).unwrap();
+    let other = stranger(&cluster, "other");
     let foreign_ca = {
         let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
         // Flip one character of the CA: base64 that decodes to a certificate no one issued.
@@ -574,16 +578,6 @@ fn a_tls_cluster_forms_takes_writes_and_refuses_a_foreign_ca() {
         parts[3] = flipped;
         parts.join(".")
     };
-    std::fs::write(
-        other.join("wharf.toml"),
-        format!(
-            "[server]\nlisten = \"{}\"\ndata_dir = \"data\"\n[cluster]\nlisten = \"{}\"\njoin = \"{}\"\n[durability]\nmin_copies = 1\n",
-            free_addr(),
-            free_addr(),
-            cluster.members[0].cluster
-        ),
-    )
-    .unwrap();
     let out = Command::new(wharf_bin())
         .args(["serve", "--config"])
         .arg(other.join("wharf.toml"))
