@@ -149,17 +149,18 @@ impl RaftNetworkV2<TypeConfig> for GrpcNetwork {
         Box::pin(async move {
             self.peers.link_to(self.target).await.map_err(unreachable)?;
             let mut client = self.client(Lane::Rpc)?;
-            // A request that cannot be encoded ends the stream; openraft then falls back to a
-            // new replication session.
-            let outgoing = input.filter_map(|rpc| async move {
-                match encode(&rpc) {
+            // A request that cannot be encoded ends the stream (skipping it would pair later
+            // responses with the wrong requests); openraft then starts a new session.
+            let outgoing = input
+                .map(|rpc| match encode(&rpc) {
                     Ok(body) => Some(pb::AppendEntriesRequest { body }),
                     Err(e) => {
                         tracing::error!("cannot encode an append request: {e}");
                         None
                     }
-                }
-            });
+                })
+                .take_while(|m| std::future::ready(m.is_some()))
+                .filter_map(std::future::ready);
             let request = self.peers.request(self.target, outgoing);
             let responses = client
                 .stream_append(request)

@@ -72,8 +72,6 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let from = self.identity.check(&request)?;
         let identity = self.identity.clone();
-        // A request that does not decode ends the input; the leader sees the stream end and
-        // starts a new one.
         let core = self.core.clone();
         // An injected partition cuts a stream that is already open, too.
         let delays = identity.clone();
@@ -92,29 +90,27 @@ impl pb::raft_server::Raft for RaftService {
                     item
                 }
             });
-        let input = input.filter_map(move |item| {
-            let core = core.clone();
-            async move {
-                match item {
-                    Ok(message) => {
-                        match decode::<AppendEntriesRequest<TypeConfig>>(&message.body) {
-                            Ok(rpc) => {
-                                core.heard_from_leader();
-                                Some(rpc)
-                            }
-                            Err(e) => {
-                                tracing::warn!("undecodable append request: {e}");
-                                None
-                            }
-                        }
+        // A request that does not decode, or a broken stream, ends the input: skipping one
+        // would pair later responses with the wrong requests. The leader starts a new stream.
+        let input = input
+            .map(move |item| match item {
+                Ok(message) => match decode::<AppendEntriesRequest<TypeConfig>>(&message.body) {
+                    Ok(rpc) => {
+                        core.heard_from_leader();
+                        Some(rpc)
                     }
-                    Err(status) => {
-                        tracing::debug!("append stream ended: {status}");
+                    Err(e) => {
+                        tracing::warn!("undecodable append request: {e}");
                         None
                     }
+                },
+                Err(status) => {
+                    tracing::debug!("append stream ended: {status}");
+                    None
                 }
-            }
-        });
+            })
+            .take_while(|rpc| std::future::ready(rpc.is_some()))
+            .filter_map(std::future::ready);
         let output = self
             .raft
             .stream_append(Box::pin(input))
