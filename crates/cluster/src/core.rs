@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
+use openraft::errors::{
+    ChangeMembershipError, ClientWriteError, Fatal, LinearizableReadError, RaftError,
+};
 use openraft::raft::Precondition;
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy};
 use sha2::{Digest as _, Sha256};
@@ -40,6 +42,8 @@ use crate::read_batch::BarrierFailure;
 pub(crate) const HEADER_ERROR: &str = "x-wharf-error";
 /// Pause between attempts of a write or admin call that found no usable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long to wait before retrying a membership change behind one still in progress.
+const MEMBERSHIP_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why an administrative operation (membership, join, status) failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -143,6 +147,10 @@ pub(crate) struct Core {
     pub(crate) epoch: Instant,
     /// The cluster CA and this node's certificate, on a TLS cluster.
     pub(crate) tls: Option<Arc<crate::tls::ClusterTls>>,
+    /// Held across each membership change this node makes as leader, so concurrent joins
+    /// (or a join next to an operator's change) take turns instead of failing with openraft's
+    /// "a configuration change is already in progress".
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
 }
 
 impl Core {
@@ -558,33 +566,8 @@ impl Core {
                 )));
             }
         };
-        let in_membership = self
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&node_id)
-            .is_some();
-        if !in_membership {
-            let added = tokio::time::timeout(
-                propose_timeout,
-                self.raft.add_learner(node_id, info.clone(), false),
-            )
-            .await;
-            match added {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Err(AdminError::NoQuorum(format!(
-                        "node {node_id} was admitted but could not be added as a learner ({e}); \
-                         retry the join with the same token"
-                    )));
-                }
-                Err(_) => {
-                    return Err(AdminError::OutcomeUnknown(format!(
-                        "adding node {node_id} as a learner took longer than {propose_timeout:?}"
-                    )));
-                }
-            }
-        }
+        self.add_learner_once(node_id, &info, propose_timeout)
+            .await?;
         tracing::info!(node_id, node = %info, "node joined as a learner");
         let members = self
             .metrics()
@@ -618,6 +601,61 @@ impl Core {
         })
     }
 
+    /// Adds an admitted node as a learner unless it already is a member. Waits its turn behind
+    /// other membership changes, and retries while one started elsewhere (e.g. by a previous
+    /// leader) is still uncommitted, until `timeout`.
+    pub(crate) async fn add_learner_once(
+        &self,
+        node_id: NodeId,
+        info: &NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), AdminError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _turn = tokio::time::timeout_at(deadline, self.membership_lock.lock())
+            .await
+            .map_err(|_| {
+                AdminError::NoQuorum(format!(
+                    "node {node_id} was admitted but other membership changes kept it waiting \
+                     longer than {timeout:?}; retry the join with the same token"
+                ))
+            })?;
+        loop {
+            let in_membership = self
+                .metrics()
+                .membership_config
+                .membership()
+                .get_node(&node_id)
+                .is_some();
+            if in_membership {
+                return Ok(());
+            }
+            let added = tokio::time::timeout_at(
+                deadline,
+                self.raft.add_learner(node_id, info.clone(), false),
+            )
+            .await;
+            match added {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                )))) if tokio::time::Instant::now() + MEMBERSHIP_RETRY_PAUSE < deadline => {
+                    tokio::time::sleep(MEMBERSHIP_RETRY_PAUSE).await;
+                }
+                Ok(Err(e)) => {
+                    return Err(AdminError::NoQuorum(format!(
+                        "node {node_id} was admitted but could not be added as a learner ({e}); \
+                         retry the join with the same token"
+                    )));
+                }
+                Err(_) => {
+                    return Err(AdminError::OutcomeUnknown(format!(
+                        "adding node {node_id} as a learner took longer than {timeout:?}"
+                    )));
+                }
+            }
+        }
+    }
+
     /// Plans (and unless `dry_run`, applies) a membership change on this node, the leader.
     pub(crate) async fn change_membership_here(
         &self,
@@ -627,6 +665,14 @@ impl Core {
         dry_run: bool,
         timeout: Duration,
     ) -> Result<MembershipPlan, AdminError> {
+        // Waits for a join's learner change to finish, so the view below is not already stale.
+        let _turn = tokio::time::timeout(timeout, self.membership_lock.lock())
+            .await
+            .map_err(|_| {
+                AdminError::NoQuorum(format!(
+                    "another membership change kept this one waiting longer than {timeout:?}"
+                ))
+            })?;
         // The plan, the operator's expectation and the guard all use this one view.
         let m = self.require_leader()?;
         let status = self.status_from(&m);

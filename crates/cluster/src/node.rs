@@ -216,6 +216,9 @@ fn parse_token(token: &str) -> Result<JoinToken, String> {
     }
 }
 
+/// Pause between join attempts refused as unavailable.
+const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
 /// Asks the cluster member at `addr` to admit this node (`wharf serve --join`). `nonce` is a
 /// random string the caller has stored durably before asking, so that a retry after a crash
 /// gets the same id and nobody else can reuse the token. On a TLS cluster the call is made over
@@ -242,19 +245,35 @@ pub async fn join(
     let channel =
         crate::transport::channel(addr, tls, timeout).map_err(|e| failed(e.to_string()))?;
     let mut client = pb::admin_client::AdminClient::new(channel);
-    let mut request = tonic::Request::new(pb::JoinRequest {
+    let request = pb::JoinRequest {
         token: token.trim().to_string(),
         cluster_addr: info.addr.clone(),
         client_url: info.client_url.clone(),
         region: info.region.clone(),
         nonce: nonce.to_string(),
-    });
-    request.set_timeout(timeout);
-    let response = tokio::time::timeout(timeout, client.join(request))
-        .await
-        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
-        .map_err(|s| failed(s.message().to_string()))?
-        .into_inner();
+    };
+    // A leader without quorum or busy with another change answers `Unavailable`; the nonce makes
+    // a retry safe (the same joiner gets the same id), so retry until `timeout`.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let response = loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut attempt = tonic::Request::new(request.clone());
+        attempt.set_timeout(remaining);
+        let answer = tokio::time::timeout(remaining, client.join(attempt))
+            .await
+            .map_err(|_| failed(format!("no answer within {timeout:?}")))?;
+        match answer {
+            Ok(response) => break response.into_inner(),
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() + JOIN_RETRY_PAUSE < deadline =>
+            {
+                tracing::warn!(%addr, reason = s.message(), "join not admitted yet; retrying");
+                tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+            }
+            Err(s) => return Err(failed(s.message().to_string())),
+        }
+    };
     if response.cluster_id != parsed.cluster_id {
         return Err(failed(format!(
             "the token is for cluster {}, but {addr} belongs to {}",
@@ -383,6 +402,7 @@ impl ClusterNode {
             leader_contact_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             tls: opts.tls.clone(),
+            membership_lock: tokio::sync::Mutex::new(()),
         });
         let identity = Identity {
             cluster_id: opts.cluster_id.clone(),
@@ -807,6 +827,8 @@ impl MetaHandle for ClusterNode {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use redb::ReadableDatabase;
     use wharf_meta::command::RepoSettings;
     use wharf_meta::{RequestId, tables};
@@ -983,6 +1005,64 @@ mod tests {
         let txn = node.state().begin_read().unwrap();
         let table = txn.open_table(tables::REPOS).unwrap();
         table.get(name.as_bytes()).unwrap().is_some()
+    }
+
+    /// Nodes joining at the same moment all get in: their learner changes take turns instead
+    /// of failing with "a configuration change is already in progress".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_joins_all_get_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let n1 = start_member(dir.path(), 1, "c1", free_port(), StartMode::Bootstrap, None).await;
+        let via = n1.cluster_addr().to_string();
+        let mut joins = Vec::new();
+        for i in 0..4 {
+            let token = n1
+                .create_join_token(ctx(&format!("token-{i}")), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let via = via.clone();
+            joins.push(tokio::spawn(async move {
+                let info = NodeInfo {
+                    addr: free_port().to_string(),
+                    region: "r".to_string(),
+                    client_url: String::new(),
+                };
+                let nonce = format!("concurrent-joiner-{i}-0123456789");
+                join(&via, &token, &nonce, &info, Duration::from_secs(20)).await
+            }));
+        }
+        let mut ids = BTreeSet::new();
+        for j in joins {
+            let ticket = j.await.unwrap().expect("a concurrent join failed");
+            ids.insert(ticket.node_id);
+        }
+        assert_eq!(ids, BTreeSet::from([2, 3, 4, 5]), "distinct, fresh ids");
+
+        // The step that collided: learner changes entering raft at the same instant.
+        let adds: Vec<_> = (10..18)
+            .map(|id| {
+                let core = n1.core.clone();
+                tokio::spawn(async move {
+                    let info = NodeInfo {
+                        addr: free_port().to_string(),
+                        region: "r".to_string(),
+                        client_url: String::new(),
+                    };
+                    core.add_learner_once(id, &info, Duration::from_secs(20))
+                        .await
+                })
+            })
+            .collect();
+        for add in adds {
+            add.await
+                .unwrap()
+                .expect("a concurrent learner change failed");
+        }
+        let status = n1.status().await.unwrap();
+        let members: BTreeSet<_> = status.members.iter().map(|m| m.id).collect();
+        let expected: BTreeSet<u64> = [1, 2, 3, 4, 5].into_iter().chain(10..18).collect();
+        assert_eq!(members, expected);
+        n1.shutdown().await;
     }
 
     /// Three nodes over gRPC: join with a one-time token, promote, write through a follower
