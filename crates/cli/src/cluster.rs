@@ -43,6 +43,17 @@ enum ClusterCommand {
     Remove(ChangeArgs),
     /// Hand leadership to another voter.
     TransferLeader { node_id: u64 },
+    /// Replace the cluster CA: every member trusts a new CA next to the old one, then
+    /// presents a certificate from it. `--finish` later stops trusting the old CA.
+    /// Every member must be up.
+    RotateCerts {
+        /// Stop trusting every CA but the new one (after every member has taken the new one).
+        #[arg(long)]
+        finish: bool,
+        /// Rotate; without it, only say what would happen.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Args)]
@@ -115,6 +126,60 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 println!("node {} leads", value["leader"]);
             }
         }
+        ClusterCommand::RotateCerts { finish, yes } => {
+            rotate_certs(&client, &base, finish, yes, as_json).await?
+        }
+    }
+    Ok(())
+}
+
+async fn rotate_certs(
+    client: &reqwest::Client,
+    base: &str,
+    finish: bool,
+    yes: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if !yes {
+        if finish {
+            println!("every member will stop trusting all CAs but the one that signs now;");
+            println!("a member still presenting an older certificate gets a new one first");
+        } else {
+            println!("a new cluster CA will be created; every member will trust it next to the");
+            println!("current one, then present a certificate it signed");
+            println!(
+                "afterwards: mint new join tokens (old ones carry the old CA), and once every"
+            );
+            println!("member is on the new CA run `wharf cluster rotate-certs --finish --yes`");
+        }
+        println!("every member must be up; re-run with --yes to rotate");
+        return Ok(());
+    }
+    let done = send(
+        client
+            .post(format!("{base}/api/v1/cluster/rotate-certs"))
+            .json(&json!({ "finish": finish })),
+    )
+    .await?;
+    if as_json {
+        println!("{done}");
+        return Ok(());
+    }
+    for node in done["nodes"].as_array().into_iter().flatten() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let days = node["not_after"].as_i64().map_or(0, |t| (t - now) / 86_400);
+        println!(
+            "node {}: certificate valid for {days} more days, trusts {} CA(s)",
+            node["node_id"], node["trusted_cas"]
+        );
+    }
+    if finish {
+        println!("done: only the new CA is trusted");
+    } else {
+        println!("done: every member presents a certificate from the new CA");
+        println!("next: `wharf cluster rotate-certs --finish --yes` to stop trusting the old one");
     }
     Ok(())
 }

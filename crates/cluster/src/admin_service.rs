@@ -174,4 +174,44 @@ impl pb::admin_server::Admin for AdminService {
         let json = serde_json::to_vec(&status).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::StatusResponse { json }))
     }
+
+    async fn rotate_certs(
+        &self,
+        request: Request<pb::RotateCertsRequest>,
+    ) -> Result<Response<pb::RotateCertsResponse>, Status> {
+        self.identity.check(&request)?;
+        let finish = request.into_inner().finish;
+        let nodes = self
+            .core
+            .rotate_certs_here(finish, self.propose_timeout)
+            .await
+            .map_err(AdminError::into_status)?;
+        Ok(Response::new(pb::RotateCertsResponse {
+            nodes: nodes.iter().map(|n| n.to_wire()).collect(),
+        }))
+    }
+
+    async fn install_tls(
+        &self,
+        request: Request<pb::InstallTlsRequest>,
+    ) -> Result<Response<pb::InstallTlsResponse>, Status> {
+        let from = self.identity.check(&request)?;
+        // Certificates (and the CA key) are taken only from the leader this node follows.
+        let leader = self.core.metrics().current_leader;
+        if leader != Some(from) {
+            return Err(Status::permission_denied(format!(
+                "node {from} is not this node's leader ({leader:?}); certificates come from the \
+                 leader only"
+            )));
+        }
+        let install = request.into_inner();
+        let node = self
+            .core
+            .install_tls_here(&install.ca_pem, &install.ca_key_pem)
+            .await
+            .map_err(AdminError::into_status)?;
+        Ok(Response::new(pb::InstallTlsResponse {
+            node: Some(node.to_wire()),
+        }))
+    }
 }

@@ -151,6 +151,12 @@ pub(crate) struct Core {
     /// (or a join next to an operator's change) take turns instead of failing with openraft's
     /// "a configuration change is already in progress".
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// Where this node keeps its files (its certificates under `tls/`).
+    pub(crate) data_dir: std::path::PathBuf,
+    /// Held while this node installs new certificates.
+    pub(crate) tls_lock: tokio::sync::Mutex<()>,
+    /// Held while this node, as leader, runs a certificate rotation.
+    pub(crate) rotation_lock: tokio::sync::Mutex<()>,
 }
 
 impl Core {
@@ -465,7 +471,7 @@ impl Core {
 
     // --- administration on the leader
 
-    fn require_leader(&self) -> Result<RaftMetrics<TypeConfig>, AdminError> {
+    pub(crate) fn require_leader(&self) -> Result<RaftMetrics<TypeConfig>, AdminError> {
         let m = self.metrics();
         if m.current_leader != Some(self.node_id) {
             return Err(AdminError::NoQuorum(format!(
@@ -578,16 +584,17 @@ impl Core {
             .collect();
         let tls = match &self.tls {
             Some(tls) => {
+                let files = tls.files();
                 let (node_pem, node_key_pem) = crate::tls::issue_node_cert(
-                    &tls.files.ca_pem,
-                    &tls.files.ca_key_pem,
+                    &files.ca_pem,
+                    &files.ca_key_pem,
                     &self.cluster_id,
                     node_id,
                 )
                 .map_err(|e| AdminError::Internal(e.to_string()))?;
                 Some(crate::tls::TlsFiles {
-                    ca_pem: tls.files.ca_pem.clone(),
-                    ca_key_pem: tls.files.ca_key_pem.clone(),
+                    ca_pem: files.ca_pem,
+                    ca_key_pem: files.ca_key_pem,
                     node_pem,
                     node_key_pem,
                 })

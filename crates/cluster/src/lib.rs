@@ -10,15 +10,18 @@
 //!   forwarding to the leader from any other node.
 //! - [`membership`]: the operator's view ([`ClusterStatus`]) and pure change planning.
 //! - [`read_batch`]: concurrent linearizable reads share ReadIndex rounds.
+//! - [`tls`], [`rotation`]: the cluster CA, node certificates, and rotating them.
 
 mod admin_service;
 mod core;
+pub mod incarnation;
 pub mod membership;
 mod network;
 pub mod node;
 mod peers;
 mod raft_service;
 pub mod read_batch;
+pub mod rotation;
 pub mod tls;
 mod transport;
 
@@ -26,6 +29,7 @@ pub use core::AdminError;
 pub use membership::{ClusterStatus, MemberStatus, MembershipAction, MembershipPlan, Role};
 pub use node::{ClusterError, ClusterNode, JoinTicket, RaftTiming, StartMode, StartOptions, join};
 pub use peers::LinkFilter;
+pub use rotation::NodeCert;
 pub use tls::{ClusterTls, TlsFiles};
 pub use wharf_meta::raft_types::NodeInfo;
 

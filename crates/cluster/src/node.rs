@@ -36,11 +36,13 @@ use wharf_types::NodeId;
 use crate::Raft;
 use crate::admin_service::{AdminService, action_to_wire};
 use crate::core::{AdminError, Core};
+use crate::incarnation::Incarnation;
 use crate::membership::{ClusterStatus, MembershipAction, MembershipPlan};
 use crate::network::GrpcNetworkFactory;
 use crate::peers::{Identity, Peers};
 use crate::raft_service::RaftService;
 use crate::read_batch::{BarrierFailure, ReadBatcher};
+use crate::rotation::NodeCert;
 use crate::tls::{ClusterTls, TlsFiles};
 
 /// How long a proposal may wait for its apply result before the answer is "outcome unknown".
@@ -51,6 +53,8 @@ pub const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for raft's tasks to close the databases.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `incarnation.toml` is brought up to date at most.
+const INCARNATION_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a write waits for a leader to appear before it is refused with `NoQuorum`.
 const NO_LEADER_WAIT: Duration = Duration::from_secs(3);
 
@@ -142,6 +146,14 @@ pub enum ClusterError {
         node_id: u64,
         members: Vec<u64>,
     },
+    /// The raft state is older than what this node had already reached.
+    #[error(
+        "the raft state in {dir} is behind this node's recorded incarnation: {reason}; it was \
+         probably restored from an older copy, and a node that forgot votes or entries it \
+         acknowledged breaks raft's guarantees: move the directory away and join again with a \
+         new token"
+    )]
+    Behind { dir: String, reason: String },
     /// The node did not become leader and catch up in time.
     #[error("node {node_id} did not become leader within {waited:?}: {reason}")]
     NotReady {
@@ -237,7 +249,9 @@ pub async fn join(
     let parsed = parse_token(token).map_err(failed)?;
     let tls = match &parsed.ca_der {
         Some(der) => Some((
-            crate::tls::joiner_client_config(der).map_err(|e| failed(e.to_string()))?,
+            crate::transport::ClientTls::Fixed(
+                crate::tls::joiner_client_config(der).map_err(|e| failed(e.to_string()))?,
+            ),
             crate::tls::cluster_name(&parsed.cluster_id),
         )),
         None => None,
@@ -301,6 +315,69 @@ pub async fn join(
     })
 }
 
+/// Refuses raft state that is behind `incarnation.toml` ([`crate::incarnation`]); returns
+/// how far it has come.
+async fn refuse_if_behind(
+    data_dir: &Path,
+    log: &mut LogStore,
+    sm: &mut StateMachineStore,
+) -> Result<Incarnation, ClusterError> {
+    use openraft::RaftLogReader as _;
+    use openraft::storage::RaftStateMachine as _;
+    let vote_term = log
+        .read_vote()
+        .await
+        .map_err(ClusterError::Io)?
+        .map_or(0, |v| v.leader_id.term);
+    let (applied, _) = sm.applied_state().await.map_err(ClusterError::Io)?;
+    let reached = Incarnation {
+        term: applied.map_or(0, |id| id.leader_id.term),
+        applied_index: applied.map_or(0, |id| id.index),
+    };
+    let recorded = crate::incarnation::load(data_dir).map_err(ClusterError::Io)?;
+    if let Some(recorded) = recorded
+        && let Some(reason) = crate::incarnation::behind(&recorded, vote_term, &reached)
+    {
+        return Err(ClusterError::Behind {
+            dir: data_dir.join("raft").display().to_string(),
+            reason,
+        });
+    }
+    Ok(reached)
+}
+
+/// Keeps `incarnation.toml` up with what the node has applied: at most once per
+/// [`INCARNATION_INTERVAL`], and once more when raft stops.
+async fn record_incarnation(raft: Raft, data_dir: PathBuf, mut recorded: Incarnation) {
+    use openraft::async_runtime::watch::WatchReceiver as _;
+    let mut metrics = raft.metrics();
+    loop {
+        let stopped = metrics.changed().await.is_err();
+        let reached = {
+            let m = metrics.borrow_watched();
+            m.last_applied.map_or(recorded, |id| Incarnation {
+                term: id.leader_id.term,
+                applied_index: id.index,
+            })
+        };
+        if reached.is_past(&recorded) {
+            let dir = data_dir.clone();
+            let stored =
+                tokio::task::spawn_blocking(move || crate::incarnation::store(&dir, &reached))
+                    .await;
+            match stored {
+                Ok(Ok(())) => recorded = reached,
+                Ok(Err(e)) => tracing::warn!("cannot record incarnation.toml: {e}"),
+                Err(e) => tracing::warn!("cannot record incarnation.toml: {e}"),
+            }
+        }
+        if stopped {
+            return;
+        }
+        tokio::time::sleep(INCARNATION_INTERVAL).await;
+    }
+}
+
 /// A running raft node: proposes commands, runs read barriers, exposes its state database,
 /// serves the cluster gRPC listener.
 pub struct ClusterNode {
@@ -332,7 +409,7 @@ impl ClusterNode {
     pub async fn start(opts: StartOptions) -> Result<ClusterNode, ClusterError> {
         let dir = opts.data_dir.join("raft");
         let incoming_dir = dir.join("incoming");
-        let (log, sm) = {
+        let (mut log, mut sm) = {
             let dir = dir.clone();
             let incoming = incoming_dir.clone();
             tokio::task::spawn_blocking(move || -> Result<_, ClusterError> {
@@ -344,6 +421,7 @@ impl ClusterNode {
             })
             .await??
         };
+        let reached = refuse_if_behind(&opts.data_dir, &mut log, &mut sm).await?;
         let state = sm.db();
         let log_handle = log.clone();
         let t = &opts.timing;
@@ -392,6 +470,11 @@ impl ClusterNode {
             snapshot_chunk_timeout: t.snapshot_chunk_timeout,
         };
         let raft = Raft::new(opts.node_id, Arc::new(config), network, log, sm).await?;
+        tokio::spawn(record_incarnation(
+            raft.clone(),
+            opts.data_dir.clone(),
+            reached,
+        ));
         let core = Arc::new(Core {
             node_id: opts.node_id,
             cluster_id: opts.cluster_id.clone(),
@@ -403,6 +486,9 @@ impl ClusterNode {
             epoch: Instant::now(),
             tls: opts.tls.clone(),
             membership_lock: tokio::sync::Mutex::new(()),
+            data_dir: opts.data_dir.clone(),
+            tls_lock: tokio::sync::Mutex::new(()),
+            rotation_lock: tokio::sync::Mutex::new(()),
         });
         let identity = Identity {
             cluster_id: opts.cluster_id.clone(),
@@ -459,7 +545,7 @@ impl ClusterNode {
         // not entries a leader is already replicating to it.
         let (stop_server, stopped) = watch::channel(false);
         let server = tokio::spawn(serve_cluster(
-            crate::transport::incoming(listener, opts.tls.as_ref().map(|t| t.server.clone())),
+            crate::transport::incoming(listener, opts.tls.clone()),
             RaftService {
                 raft: node.core.raft.clone(),
                 identity: identity.clone(),
@@ -581,7 +667,7 @@ impl ClusterNode {
 
     /// When this node's cluster certificate expires (unix seconds), on a TLS cluster.
     pub fn cert_not_after(&self) -> Option<i64> {
-        self.core.tls.as_ref().map(|t| t.not_after)
+        self.core.tls.as_ref().map(|t| t.not_after())
     }
 
     /// Whether this node is a voter in the configuration it knows.
@@ -635,7 +721,7 @@ impl ClusterNode {
         let secret = hex::encode(rand::random::<[u8; 24]>());
         let ca_der = match &self.core.tls {
             Some(tls) => Some(
-                crate::tls::first_cert_der(&tls.files.ca_pem)
+                crate::tls::first_cert_der(&tls.files().ca_pem)
                     .map_err(|e| MetaError::Fatal(e.to_string()))?,
             ),
             None => None,
@@ -720,6 +806,35 @@ impl ClusterNode {
                 }
             })
             .await
+    }
+
+    /// Rotates the cluster CA on every member (see [`crate::rotation`]); with `finish`, stops
+    /// trusting every CA but the signing one. Runs on the leader, wherever it is asked.
+    pub async fn rotate_certs(&self, finish: bool) -> Result<Vec<NodeCert>, AdminError> {
+        if self.current_leader() == Some(self.core.node_id) {
+            return self.core.rotate_certs_here(finish, PROPOSE_TIMEOUT).await;
+        }
+        let peers = self.core.peers.clone();
+        self.core
+            .on_leader(PROPOSE_TIMEOUT * 4, |mut client, leader| {
+                let mut request = peers.request(leader, pb::RotateCertsRequest { finish });
+                request.set_timeout(PROPOSE_TIMEOUT * 4);
+                async move {
+                    client.rotate_certs(request).await.map(|r| {
+                        r.into_inner()
+                            .nodes
+                            .iter()
+                            .map(NodeCert::from_wire)
+                            .collect()
+                    })
+                }
+            })
+            .await
+    }
+
+    /// The certificates this node presents and trusts, on a TLS cluster.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        self.core.tls.as_ref().map(|t| t.files())
     }
 
     /// Stops the cluster listener and the raft node and waits (bounded) until raft's tasks
@@ -1007,6 +1122,66 @@ mod tests {
         table.get(name.as_bytes()).unwrap().is_some()
     }
 
+    /// `raft/` restored from an older copy is refused (it may have forgotten votes and entries
+    /// it acknowledged); the newer state it was replaced with starts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raft_state_behind_its_incarnation_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = dir.path().join("raft");
+        let run = |writes: Vec<&'static str>| {
+            let data_dir = dir.path().to_path_buf();
+            async move {
+                let node = ClusterNode::start_single(&data_dir, 1, info())
+                    .await
+                    .unwrap();
+                for w in writes {
+                    node.propose(ctx(w), create_repo(w)).await.unwrap();
+                }
+                let applied = node.last_applied_index().unwrap();
+                node.shutdown().await;
+                drop(node);
+                wait_for("the incarnation is recorded", || {
+                    crate::incarnation::load(&data_dir)
+                        .unwrap()
+                        .is_some_and(|i| i.applied_index >= applied)
+                })
+                .await;
+            }
+        };
+        run(vec!["first"]).await;
+        copy_dir(&raft, &dir.path().join("raft-old"));
+        run(vec!["second", "third"]).await;
+
+        std::fs::rename(&raft, dir.path().join("raft-new")).unwrap();
+        std::fs::rename(dir.path().join("raft-old"), &raft).unwrap();
+        let err = ClusterNode::start_single(dir.path(), 1, info())
+            .await
+            .err()
+            .expect("raft state from an older copy started");
+        assert!(matches!(err, ClusterError::Behind { .. }), "{err}");
+
+        std::fs::remove_dir_all(&raft).unwrap();
+        std::fs::rename(dir.path().join("raft-new"), &raft).unwrap();
+        let node = ClusterNode::start_single(dir.path(), 1, info())
+            .await
+            .unwrap();
+        assert!(repo_exists(&node, "third"));
+        node.shutdown().await;
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
     /// Nodes joining at the same moment all get in: their learner changes take turns instead
     /// of failing with "a configuration change is already in progress".
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1195,6 +1370,10 @@ mod tests {
         nodes[1].read_barrier().await.unwrap();
         assert!(repo_exists(&nodes[1], "through-follower"));
 
+        if tls {
+            rotate_certs_under_traffic(&nodes, &dirs, addrs[0]).await;
+        }
+
         tracing::info!("--- the leader stops; the others elect a new one and keep taking writes");
         nodes[0].shutdown().await;
         wait_for("a new leader", || {
@@ -1220,5 +1399,69 @@ mod tests {
         for n in &nodes[1..] {
             n.shutdown().await;
         }
+    }
+
+    /// `rotate-certs` asked on a follower: every member ends up signing with, presenting and
+    /// storing the new CA's certificates, writes keep flowing over fresh connections, and after
+    /// `--finish` a certificate from the old CA is refused by the listener.
+    async fn rotate_certs_under_traffic(
+        nodes: &[ClusterNode],
+        dirs: &[tempfile::TempDir],
+        leader_addr: SocketAddr,
+    ) {
+        tracing::info!("--- certificate rotation");
+        let old = nodes[1].tls_files().unwrap();
+        let old_ca = crate::tls::first_cert_der(&old.ca_pem).unwrap();
+        let certs = nodes[2].rotate_certs(false).await.unwrap();
+        let ids: Vec<_> = certs.iter().map(|c| c.node_id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert!(certs.iter().all(|c| c.trusted_cas == 2), "{certs:?}");
+        let new = nodes[1].tls_files().unwrap();
+        let new_ca = crate::tls::first_cert_der(&new.ca_pem).unwrap();
+        assert_ne!(new_ca, old_ca, "a new CA signs");
+        for (node, dir) in nodes.iter().zip(dirs) {
+            let files = node.tls_files().unwrap();
+            assert_eq!(crate::tls::first_cert_der(&files.ca_pem).unwrap(), new_ca);
+            assert_ne!(files.node_pem, old.node_pem);
+            let stored = crate::tls::load(dir.path()).unwrap().unwrap();
+            assert_eq!(stored, files, "what a node uses is on its disk");
+        }
+        nodes[1]
+            .propose(ctx("after-rotate"), create_repo("after-rotate"))
+            .await
+            .unwrap();
+
+        let finished = nodes[1].rotate_certs(true).await.unwrap();
+        assert!(finished.iter().all(|c| c.trusted_cas == 1), "{finished:?}");
+        nodes[2]
+            .propose(ctx("after-finish"), create_repo("after-finish"))
+            .await
+            .unwrap();
+
+        // Node 2 presenting its old certificate (while trusting the new CA) is refused; the
+        // same call with its current certificate goes through.
+        let call = |files: TlsFiles| async move {
+            let tls = Arc::new(ClusterTls::new(files).unwrap());
+            let peers = Peers::new("c1".into(), 2, Duration::from_secs(5), None, Some(tls));
+            let channel = peers
+                .channel(1, &leader_addr.to_string(), crate::peers::Lane::Rpc)
+                .unwrap();
+            let request = peers.request(1, pb::StatusRequest {});
+            pb::admin_client::AdminClient::new(channel)
+                .status(request)
+                .await
+        };
+        let current = nodes[1].tls_files().unwrap();
+        call(current.clone())
+            .await
+            .expect("the current certificate works");
+        let stale = TlsFiles {
+            ca_pem: format!("{}{}", current.ca_pem, old.ca_pem),
+            ..old
+        };
+        assert!(
+            call(stale).await.is_err(),
+            "a certificate from the old CA was accepted after --finish"
+        );
     }
 }

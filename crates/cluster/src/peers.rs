@@ -92,13 +92,22 @@ impl Peers {
         }
         let tls = self.tls.as_ref().map(|t| {
             (
-                t.client.clone(),
+                crate::transport::ClientTls::Member(t.clone()),
                 crate::tls::node_name(&self.cluster_id, target),
             )
         });
         let channel = crate::transport::channel(addr, tls, self.connect_timeout)?;
         channels.insert((target, lane), (addr.to_string(), channel.clone()));
         Ok(channel)
+    }
+
+    /// Drops every cached channel, so the next call to each peer connects afresh (with the
+    /// certificates in use by then). Calls in flight finish on their connections.
+    pub(crate) fn reconnect_all(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
     }
 
     /// Waits out an injected delay, or fails if the link to `target` is cut.

@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::tls::ClusterTls;
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,12 +85,13 @@ pub(crate) enum ClientStream {
 delegate_io!(ClientStream, Plain, Tls);
 
 /// Accepts connections on `listener` (TLS handshakes in their own tasks) and yields them.
+/// With `tls`, each handshake uses the configuration current at accept time, so a rotated
+/// certificate takes effect for the next connection.
 pub(crate) fn incoming(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<ClusterTls>>,
 ) -> ReceiverStream<io::Result<PeerStream>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
             // The server dropping the stream ends the loop and closes the listener, so the
@@ -109,14 +112,14 @@ pub(crate) fn incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::warn!("cannot set TCP_NODELAY on a cluster connection: {e}");
             }
-            match &acceptor {
+            match &tls {
                 None => {
                     if tx.send(Ok(PeerStream::Plain(tcp))).await.is_err() {
                         return;
                     }
                 }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server());
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -136,11 +139,29 @@ pub(crate) fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// The client side of a TLS connection.
+#[derive(Clone)]
+pub(crate) enum ClientTls {
+    /// A joining node's: trusts the CA in its token, presents nothing.
+    Fixed(Arc<rustls::ClientConfig>),
+    /// A member's: whatever its [`ClusterTls`] holds when it dials.
+    Member(Arc<ClusterTls>),
+}
+
+impl ClientTls {
+    fn current(&self) -> Arc<rustls::ClientConfig> {
+        match self {
+            ClientTls::Fixed(config) => config.clone(),
+            ClientTls::Member(tls) => tls.client(),
+        }
+    }
+}
+
 /// Dials `addr` and, with `tls`, runs a handshake that expects the certificate name
 /// `server_name`.
 pub(crate) async fn dial(
     addr: String,
-    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    tls: Option<(ClientTls, String)>,
 ) -> io::Result<hyper_util::rt::TokioIo<ClientStream>> {
     let tcp = TcpStream::connect(&addr).await?;
     tcp.set_nodelay(true)?;
@@ -149,7 +170,7 @@ pub(crate) async fn dial(
         Some((config, name)) => {
             let name = ServerName::try_from(name)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let connector = tokio_rustls::TlsConnector::from(config);
+            let connector = tokio_rustls::TlsConnector::from(config.current());
             let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
                 .await
                 .map_err(|_| {
@@ -164,7 +185,7 @@ pub(crate) async fn dial(
 /// A lazily connecting tonic channel to `addr` (TLS when `tls` is given).
 pub(crate) fn channel(
     addr: &str,
-    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    tls: Option<(ClientTls, String)>,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?

@@ -7,6 +7,8 @@
 //! POST /api/v1/cluster/membership      {"action":"promote|demote|remove","node_id",
 //!                                       "expected_membership_index"?,"dry_run"} -> plan
 //! POST /api/v1/cluster/leader          {"node_id"} -> {"leader"}
+//! POST /api/v1/cluster/rotate-certs    {"finish"?} -> {"nodes":[{"node_id","not_after",
+//!                                       "trusted_cas"}]}  (every member must be up)
 //! GET  /api/v1/cluster/state-hash      this node: {"node","applied_index","sha256"} (local)
 //! ```
 
@@ -50,6 +52,10 @@ pub(crate) fn router(state: ClusterApiState) -> Router {
         .route(
             "/api/v1/cluster/leader",
             axum::routing::post(transfer_leader),
+        )
+        .route(
+            "/api/v1/cluster/rotate-certs",
+            axum::routing::post(rotate_certs),
         )
         .route("/api/v1/cluster/state-hash", axum::routing::get(state_hash))
         .with_state(state)
@@ -199,6 +205,24 @@ async fn transfer_leader(State(state): State<ClusterApiState>, request: Request)
     };
     match state.cluster.transfer_leader(body.node_id).await {
         Ok(leader) => axum::Json(serde_json::json!({ "leader": leader })).into_response(),
+        Err(e) => admin_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateCertsRequest {
+    #[serde(default)]
+    finish: bool,
+}
+
+async fn rotate_certs(State(state): State<ClusterApiState>, request: Request) -> Response {
+    let body: RotateCertsRequest = match json_body(request, state.max_body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state.cluster.rotate_certs(body.finish).await {
+        Ok(nodes) => axum::Json(serde_json::json!({ "nodes": nodes })).into_response(),
         Err(e) => admin_error(e),
     }
 }

@@ -1,0 +1,113 @@
+//! `<data_dir>/incarnation.toml`: how far this node's raft state has come, recorded outside
+//! `raft/` while the node runs (DESIGN.md §1.8).
+//!
+//! A node whose raft state is behind that record — `raft/` restored from an older copy, say —
+//! refuses to start: it may have voted, or acknowledged entries, that it no longer remembers,
+//! and raft's safety rests on both. Only durable facts are recorded (the applied index and the
+//! term of the entry at it, both in the state machine once applied), so the record is never
+//! ahead of what a crash leaves on disk.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+const FILE: &str = "incarnation.toml";
+
+/// The furthest point this node's raft state has reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incarnation {
+    /// The term of the last applied entry.
+    pub term: u64,
+    /// The last applied index.
+    pub applied_index: u64,
+}
+
+impl Incarnation {
+    /// Whether `self` is further than `other` (worth recording).
+    pub fn is_past(&self, other: &Incarnation) -> bool {
+        self.applied_index > other.applied_index || self.term > other.term
+    }
+}
+
+/// Why the raft state on disk is behind its record, if it is: `vote_term` is the term of the
+/// stored vote, `applied` what the state machine has applied.
+pub fn behind(recorded: &Incarnation, vote_term: u64, applied: &Incarnation) -> Option<String> {
+    if applied.applied_index < recorded.applied_index {
+        return Some(format!(
+            "it has applied up to index {}, but this node had already applied index {}",
+            applied.applied_index, recorded.applied_index
+        ));
+    }
+    if vote_term < recorded.term {
+        return Some(format!(
+            "its vote is for term {vote_term}, but this node had already applied an entry of \
+             term {}",
+            recorded.term
+        ));
+    }
+    None
+}
+
+/// The record, if this node has written one.
+pub fn load(data_dir: &Path) -> std::io::Result<Option<Incarnation>> {
+    match std::fs::read_to_string(data_dir.join(FILE)) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the record durably (tmp → fsync → rename → fsync dir).
+pub fn store(data_dir: &Path, incarnation: &Incarnation) -> std::io::Result<()> {
+    let text = toml::to_string(incarnation)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let tmp = data_dir.join(format!("{FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(FILE))?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behind_compares_applied_index_and_vote_term() {
+        let recorded = Incarnation {
+            term: 3,
+            applied_index: 40,
+        };
+        let same = recorded;
+        assert_eq!(behind(&recorded, 3, &same), None);
+        let further = Incarnation {
+            term: 4,
+            applied_index: 90,
+        };
+        assert_eq!(behind(&recorded, 5, &further), None);
+        let older = Incarnation {
+            term: 3,
+            applied_index: 39,
+        };
+        assert!(behind(&recorded, 3, &older).unwrap().contains("index 40"));
+        assert!(behind(&recorded, 2, &same).unwrap().contains("term 3"));
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let i = Incarnation {
+            term: 2,
+            applied_index: 7,
+        };
+        store(dir.path(), &i).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(i));
+    }
+}
