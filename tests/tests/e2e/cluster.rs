@@ -522,11 +522,12 @@ fn every_cluster_config_passes_wharf_config_check() {
 /// A cluster with mutual TLS: `wharf cluster init` creates the CA, joining nodes get
 /// certificates through their token, keys are private to the node, the certificate expiry is
 /// exported, writes go through any node, and a token naming another CA is refused at the
-/// handshake.
+/// handshake. `wharf cluster rotate-certs` then moves every member to a new CA, and a member
+/// restarted after `--finish` comes back on what it stored.
 #[test]
 fn a_tls_cluster_forms_takes_writes_and_refuses_a_foreign_ca() {
     init_logging();
-    let cluster = TestCluster::start(
+    let mut cluster = TestCluster::start(
         3,
         ClusterOpts {
             tls: true,
@@ -586,6 +587,45 @@ fn a_tls_cluster_forms_takes_writes_and_refuses_a_foreign_ca() {
         .unwrap();
     assert!(!out.status.success(), "a node joined with a forged CA");
     assert!(!other.join("data/node.toml").exists());
+
+    let ca_bundle =
+        |i: usize| std::fs::read_to_string(cluster.members[i].dir.join("data/tls/ca.pem")).unwrap();
+    let old_ca = ca_bundle(0);
+    let cas = |pem: &str| pem.matches("BEGIN CERTIFICATE").count();
+    let out = cluster.cli(&cluster.members[1], &["cluster", "rotate-certs", "--yes"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("from the new CA"), "{printed}");
+    for i in 0..3 {
+        let bundle = ca_bundle(i);
+        assert_eq!(cas(&bundle), 2, "node {} trusts old and new", i + 1);
+        assert!(
+            !bundle.starts_with(&old_ca),
+            "node {} still signs with the old CA",
+            i + 1
+        );
+    }
+    n3.put_manifest("tls/app", "v2", Some(OCI_MANIFEST), &m)
+        .expect(201);
+    cluster.cli(
+        &cluster.members[2],
+        &["cluster", "rotate-certs", "--finish", "--yes"],
+    );
+    let new_ca = ca_bundle(0);
+    for i in 0..3 {
+        assert_eq!(
+            ca_bundle(i),
+            new_ca,
+            "node {} trusts exactly the new CA",
+            i + 1
+        );
+        assert_eq!(cas(&new_ca), 1);
+    }
+    cluster.stop(1);
+    n3.put_manifest("tls/app", "v3", Some(OCI_MANIFEST), &m)
+        .expect(201);
+    cluster.restart(1);
+    let n2 = cluster.members[1].http();
+    assert!(tags(&n2, "tls/app").contains("v3"));
 }
 
 /// DESIGN.md §1.5c and §1.6 on a node cut off from the others (they are paused with SIGSTOP):
