@@ -106,7 +106,13 @@ impl pb::admin_server::Admin for AdminService {
         };
         let admission = self
             .core
-            .join_here(&join.token, &join.nonce, info, self.propose_timeout)
+            .join_here(
+                &join.token,
+                &join.nonce,
+                info,
+                join.supported_cluster_version,
+                self.propose_timeout,
+            )
             .await
             .map_err(AdminError::into_status)?;
         let tls = admission.tls.unwrap_or(crate::tls::TlsFiles {

@@ -537,6 +537,7 @@ impl Core {
         token: &str,
         nonce: &str,
         info: NodeInfo,
+        supported_version: u32,
         propose_timeout: Duration,
     ) -> Result<Admission, AdminError> {
         self.require_leader()?;
@@ -560,6 +561,7 @@ impl Core {
                 token_sha256,
                 addr: info.addr.clone(),
                 region: info.region.clone(),
+                supported_version,
             },
         };
         let (_, result) = self.propose_for_peer(envelope, propose_timeout).await?;

@@ -265,6 +265,7 @@ pub async fn join(
         client_url: info.client_url.clone(),
         region: info.region.clone(),
         nonce: nonce.to_string(),
+        supported_cluster_version: wharf_meta::versions::SUPPORTED_CLUSTER_VERSION,
     };
     // A leader without quorum or busy with another change answers `Unavailable`; the nonce makes
     // a retry safe (the same joiner gets the same id), so retry until `timeout`.

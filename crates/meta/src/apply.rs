@@ -44,6 +44,12 @@ pub enum ApplyError {
         "entry at index {index} has envelope version {version}; this binary knows up to {ENVELOPE_VERSION}"
     )]
     UnknownVersion { index: u64, version: u16 },
+    #[error(
+        "entry at index {index} raises the cluster version to {version}; this binary supports up \
+         to {}: install a newer wharf",
+        crate::versions::SUPPORTED_CLUSTER_VERSION
+    )]
+    UnsupportedClusterVersion { index: u64, version: u32 },
 }
 
 macro_rules! apply_error_from {
@@ -80,6 +86,7 @@ pub fn apply_entry(
     let ctx = Ctx {
         txn,
         now_ms: envelope.timestamp_ms,
+        log_index,
     };
     let result = match ctx.apply(&envelope.command)? {
         Ok(outcome) => CommandResult::Ok(outcome),
@@ -119,10 +126,14 @@ type Verdict = std::result::Result<Outcome, Rejection>;
 struct Ctx<'a> {
     txn: &'a WriteTransaction,
     now_ms: u64,
+    log_index: u64,
 }
 
 impl Ctx<'_> {
     fn apply(&self, command: &Command) -> Result<Verdict> {
+        if let Some(rejection) = crate::versions::gate(self.txn, command)? {
+            return Ok(Err(rejection));
+        }
         match command {
             Command::CreateRepo {
                 name,
@@ -158,7 +169,19 @@ impl Ctx<'_> {
                 token_sha256,
                 addr,
                 region,
-            } => self.admit_node(token_sha256, addr, region),
+                supported_version,
+            } => self.admit_node(token_sha256, addr, region, *supported_version),
+            Command::ReportNodeVersion { node_id, supported } => {
+                crate::versions::report_node_version(self.txn, *node_id, *supported)
+            }
+            Command::SetClusterVersion { version } => {
+                crate::versions::set_cluster_version(self.txn, self.log_index, *version)
+            }
+            Command::ReportStateHash {
+                node_id,
+                index,
+                sha256,
+            } => crate::versions::report_state_hash(self.txn, *node_id, *index, sha256),
         }
     }
 
@@ -517,7 +540,13 @@ impl Ctx<'_> {
 
     /// Consumes a join token and mints the next node id. Ids only ever grow, so a removed or
     /// wiped node can never come back under its old id (DESIGN.md §1.8).
-    fn admit_node(&self, token_sha256: &str, addr: &str, region: &str) -> Result<Verdict> {
+    fn admit_node(
+        &self,
+        token_sha256: &str,
+        addr: &str,
+        region: &str,
+        supported_version: u32,
+    ) -> Result<Verdict> {
         let token_key = key(&[JOIN_TOKEN_KEY, token_sha256]);
         let refused = |why: &str| {
             Ok(Err(Rejection::new(
@@ -536,6 +565,18 @@ impl Ctx<'_> {
         }
         if self.now_ms > token.expires_at_ms {
             return refused("expired");
+        }
+        let running = crate::versions::cluster_version_in(self.txn)?;
+        let supported = supported_version.max(crate::versions::BASE_CLUSTER_VERSION);
+        if supported < running {
+            // The token stays unused: the same node may retry with a newer binary.
+            return Ok(Err(Rejection::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "the joining node's wharf supports cluster version {supported}, the cluster \
+                     runs {running}: install a newer wharf on it"
+                ),
+            )));
         }
         let next = get_json::<NodeId>(self.txn, tables::CLUSTER, NEXT_NODE_ID_KEY)?
             .unwrap_or(FIRST_MINTED_NODE_ID);
@@ -665,7 +706,7 @@ fn table_name(table: StateTable) -> String {
     table.name().to_string()
 }
 
-fn get_json<T: DeserializeOwned>(
+pub(crate) fn get_json<T: DeserializeOwned>(
     txn: &WriteTransaction,
     table: StateTable,
     k: &[u8],
@@ -680,7 +721,7 @@ fn get_json<T: DeserializeOwned>(
         })
 }
 
-fn put_json<T: Serialize>(
+pub(crate) fn put_json<T: Serialize>(
     txn: &WriteTransaction,
     table: StateTable,
     k: &[u8],
@@ -1180,6 +1221,7 @@ mod tests {
             token_sha256: token.into(),
             addr: "127.0.0.1:7171".into(),
             region: "eu-west".into(),
+            supported_version: crate::versions::SUPPORTED_CLUSTER_VERSION,
         };
         let create = |token: &str, expires_at_ms| Command::CreateJoinToken {
             token_sha256: token.into(),
@@ -1219,5 +1261,143 @@ mod tests {
             CommandResult::Ok(Outcome::NodeAdmitted { node_id: 4 })
         );
         assert_eq!(sm.apply_as("join-retry", admit("t4")), first);
+    }
+
+    fn set_members(sm: &Sm, ids: &[u64]) {
+        use std::collections::{BTreeMap, BTreeSet};
+        let nodes: BTreeMap<u64, crate::raft_types::NodeInfo> = ids
+            .iter()
+            .map(|id| (*id, crate::raft_types::NodeInfo::default()))
+            .collect();
+        let membership = openraft::Membership::new(
+            vec![ids.iter().copied().collect::<BTreeSet<_>>()],
+            nodes,
+        )
+        .unwrap();
+        let stored = crate::raft_types::StoredMembership::new(None, membership);
+        let txn = sm.db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(tables::SM_META).unwrap();
+            meta.insert(
+                b"membership".as_slice(),
+                crate::log_store::encode(&stored).unwrap().as_slice(),
+            )
+            .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn rejected_with(result: CommandResult, code: ErrorCode) -> String {
+        match result {
+            CommandResult::Rejected(r) => {
+                assert_eq!(r.code, code.as_str(), "{}", r.message);
+                r.message
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    /// §1.1: a new command kind is used only after a committed cluster version allows it, and
+    /// the version rises only once every member reported supporting it.
+    #[test]
+    fn new_command_kinds_wait_for_the_cluster_version() {
+        use crate::versions::{self, SUPPORTED_CLUSTER_VERSION};
+        let mut sm = Sm::new();
+        set_members(&sm, &[1, 2]);
+        let report = |node_id, sha: &str| Command::ReportStateHash {
+            node_id,
+            index: 100,
+            sha256: sha.into(),
+        };
+        let message = rejected_with(sm.apply(report(1, "aa")), ErrorCode::Unsupported);
+        assert!(message.contains("cluster version 2"), "{message}");
+
+        let raise = Command::SetClusterVersion {
+            version: SUPPORTED_CLUSTER_VERSION,
+        };
+        sm.apply(Command::ReportNodeVersion {
+            node_id: 1,
+            supported: SUPPORTED_CLUSTER_VERSION,
+        });
+        let message = rejected_with(sm.apply(raise.clone()), ErrorCode::Conflict);
+        assert!(message.contains("node 2"), "{message}");
+        sm.apply(Command::ReportNodeVersion {
+            node_id: 2,
+            supported: SUPPORTED_CLUSTER_VERSION,
+        });
+        assert_eq!(sm.apply(raise.clone()), CommandResult::Ok(Outcome::Applied));
+        assert_eq!(sm.apply(raise), CommandResult::Ok(Outcome::Unchanged));
+        let txn = sm.db.begin_read().unwrap();
+        assert_eq!(versions::cluster_version(&txn).unwrap(), 2);
+        drop(txn);
+
+        // A node whose binary is older than the running version cannot be admitted.
+        sm.apply(Command::CreateJoinToken {
+            token_sha256: "t".into(),
+            expires_at_ms: u64::MAX,
+        });
+        let old_joiner = Command::AdmitNode {
+            token_sha256: "t".into(),
+            addr: "127.0.0.1:1".into(),
+            region: "r".into(),
+            supported_version: 1,
+        };
+        rejected_with(sm.apply(old_joiner), ErrorCode::Unsupported);
+
+        // A version beyond what this binary supports stops the node instead of being applied.
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION,
+            request_id: RequestId("too-new".into()),
+            proposer: 1,
+            actor: "test".into(),
+            timestamp_ms: 1,
+            command: Command::SetClusterVersion {
+                version: SUPPORTED_CLUSTER_VERSION + 1,
+            },
+        };
+        let txn = sm.db.begin_write().unwrap();
+        assert!(matches!(
+            apply_entry(&txn, 99, &envelope),
+            Err(ApplyError::UnsupportedClusterVersion { .. })
+        ));
+    }
+
+    /// §1.1: state hashes reported for the same index are compared; the first disagreement is
+    /// recorded for every node to see.
+    #[test]
+    fn state_hash_reports_are_compared() {
+        use crate::versions::{self, SUPPORTED_CLUSTER_VERSION};
+        let mut sm = Sm::new();
+        set_members(&sm, &[1]);
+        sm.apply(Command::ReportNodeVersion {
+            node_id: 1,
+            supported: SUPPORTED_CLUSTER_VERSION,
+        });
+        sm.apply(Command::SetClusterVersion {
+            version: SUPPORTED_CLUSTER_VERSION,
+        });
+        let report = |node_id, index, sha: &str| Command::ReportStateHash {
+            node_id,
+            index,
+            sha256: sha.into(),
+        };
+        for index in 1..=20 {
+            sm.apply(report(1, index * 10, "same"));
+            sm.apply(report(2, index * 10, "same"));
+        }
+        let txn = sm.db.begin_read().unwrap();
+        let kept = versions::checkpoints(&txn).unwrap();
+        assert_eq!(kept.len(), 16, "only the newest checkpoints are kept");
+        assert_eq!(kept.last().unwrap().index, 200);
+        assert_eq!(kept[0].hashes.len(), 2);
+        assert_eq!(versions::divergence(&txn).unwrap(), None);
+        drop(txn);
+
+        sm.apply(report(1, 210, "mine"));
+        sm.apply(report(3, 210, "theirs"));
+        let txn = sm.db.begin_read().unwrap();
+        let divergence = versions::divergence(&txn).unwrap().expect("divergence recorded");
+        assert_eq!(divergence.index, 210);
+        assert_eq!(divergence.hashes.get(&3).map(String::as_str), Some("theirs"));
     }
 }

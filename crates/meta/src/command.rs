@@ -154,6 +154,21 @@ pub enum Command {
         token_sha256: String,
         addr: String,
         region: String,
+        /// The cluster version the joining node's binary supports (absent in older entries:
+        /// the base version).
+        #[serde(default)]
+        supported_version: u32,
+    },
+    /// A node reports the newest cluster version its binary supports (at every start).
+    ReportNodeVersion { node_id: NodeId, supported: u32 },
+    /// Raise the cluster version: command kinds it introduced may be used from then on.
+    /// Rejected unless every member of the configuration reported supporting it.
+    SetClusterVersion { version: u32 },
+    /// A node's state hash at a checkpoint index (see [`crate::versions`]).
+    ReportStateHash {
+        node_id: NodeId,
+        index: u64,
+        sha256: String,
     },
 }
 
@@ -172,6 +187,9 @@ impl Command {
             Command::DeleteFile { .. } => "delete_file",
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::AdmitNode { .. } => "admit_node",
+            Command::ReportNodeVersion { .. } => "report_node_version",
+            Command::SetClusterVersion { .. } => "set_cluster_version",
+            Command::ReportStateHash { .. } => "report_state_hash",
         }
     }
 }

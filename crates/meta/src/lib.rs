@@ -4,7 +4,8 @@
 //! Start reading at [`command`] (what can change), then [`apply`] (how it changes, decided
 //! deterministically, including reference checks and immutability), then [`query`] (how the
 //! rest of Wharf reads state). [`log_store`] and [`state_machine`] adapt redb to openraft;
-//! [`MetaHandle`] is what upper layers hold.
+//! [`MetaHandle`] is what upper layers hold; [`versions`] gates new command kinds and compares
+//! state hashes across nodes.
 
 pub mod apply;
 pub mod command;
@@ -15,6 +16,7 @@ pub mod raft_types;
 pub mod records;
 pub mod state_machine;
 pub mod tables;
+pub mod versions;
 
 pub use command::{
     Command, CommandResult, Consistency, ENVELOPE_VERSION, Envelope, ManifestPut, Outcome,

@@ -18,6 +18,7 @@
 //! sm_meta      "last_applied" | "membership" | "cluster_version" -> json
 //! cluster      "join_token" 0x00 <sha256 hex>  -> json JoinTokenRecord
 //!              "next_node_id"                 -> json u64 (ids are minted once, never reused)
+//!              "node_version" | "state_hash" | "divergence"  (see crate::versions)
 //! ```
 
 use redb::TableDefinition;
