@@ -238,9 +238,15 @@ fn print_status(status: &Value) {
         status["cluster_id"].as_str().unwrap_or_default()
     );
     println!(
-        "leader {}  term {}  committed {}",
-        status["leader"], status["term"], status["committed_index"]
+        "leader {}  term {}  committed {}  cluster version {}",
+        status["leader"], status["term"], status["committed_index"], status["cluster_version"]
     );
+    if !status["divergence"].is_null() {
+        println!(
+            "WARNING: nodes reported different state hashes at index {}: {}",
+            status["divergence"]["index"], status["divergence"]["hashes"]
+        );
+    }
     println!(
         "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6}",
         "ID", "ROLE", "REGION", "CLUSTER ADDR", "CLIENT URL", "MATCHED", "LAG"

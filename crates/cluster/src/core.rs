@@ -519,6 +519,9 @@ impl Core {
             })
             .collect();
         ClusterStatus {
+            // Filled in from the answering node's state ([`crate::ClusterNode::status`]).
+            cluster_version: 0,
+            divergence: None,
             cluster_id: self.cluster_id.clone(),
             leader: m.current_leader,
             term: m.current_term,

@@ -14,6 +14,7 @@
 
 mod admin_service;
 mod core;
+mod housekeeping;
 pub mod incarnation;
 pub mod membership;
 mod network;

@@ -18,6 +18,12 @@ pub struct ClusterStatus {
     pub membership_index: u64,
     pub voters: Vec<NodeId>,
     pub members: Vec<MemberStatus>,
+    /// The committed cluster version, as the answering node has applied it.
+    #[serde(default)]
+    pub cluster_version: u32,
+    /// The first time two nodes reported different state hashes at the same index, if ever.
+    #[serde(default)]
+    pub divergence: Option<wharf_meta::versions::Divergence>,
 }
 
 /// One member, as the leader sees it.
@@ -175,6 +181,8 @@ mod tests {
 
     fn status(members: Vec<MemberStatus>) -> ClusterStatus {
         ClusterStatus {
+            cluster_version: 1,
+            divergence: None,
             cluster_id: "c".into(),
             leader: Some(1),
             term: 3,

@@ -44,6 +44,8 @@ use crate::raft_service::RaftService;
 use crate::read_batch::{BarrierFailure, ReadBatcher};
 use crate::rotation::NodeCert;
 use crate::tls::{ClusterTls, TlsFiles};
+use wharf_meta::state_machine::Checkpoints;
+use wharf_meta::versions::Divergence;
 
 /// How long a proposal may wait for its apply result before the answer is "outcome unknown".
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,6 +156,13 @@ pub enum ClusterError {
          new token"
     )]
     Behind { dir: String, reason: String },
+    /// The cluster runs a version this binary cannot.
+    #[error(
+        "the cluster runs version {running}, and this wharf supports up to {}: install a newer \
+         wharf",
+        wharf_meta::versions::SUPPORTED_CLUSTER_VERSION
+    )]
+    UnsupportedVersion { running: u32 },
     /// The node did not become leader and catch up in time.
     #[error("node {node_id} did not become leader within {waited:?}: {reason}")]
     NotReady {
@@ -347,6 +356,23 @@ async fn refuse_if_behind(
     Ok(reached)
 }
 
+/// Refuses a state whose cluster version is newer than this binary supports: it could not
+/// decode what the cluster writes.
+fn refuse_if_unsupported(state: &redb::Database) -> Result<(), ClusterError> {
+    use redb::ReadableDatabase as _;
+    let running = state
+        .begin_read()
+        .map_err(|e| ClusterError::Io(std::io::Error::other(e)))
+        .and_then(|txn| {
+            wharf_meta::versions::cluster_version(&txn)
+                .map_err(|e| ClusterError::Io(std::io::Error::other(e.to_string())))
+        })?;
+    if running > wharf_meta::versions::SUPPORTED_CLUSTER_VERSION {
+        return Err(ClusterError::UnsupportedVersion { running });
+    }
+    Ok(())
+}
+
 /// Keeps `incarnation.toml` up with what the node has applied: at most once per
 /// [`INCARNATION_INTERVAL`], and once more when raft stops.
 async fn record_incarnation(raft: Raft, data_dir: PathBuf, mut recorded: Incarnation) {
@@ -423,6 +449,12 @@ impl ClusterNode {
             .await??
         };
         let reached = refuse_if_behind(&opts.data_dir, &mut log, &mut sm).await?;
+        refuse_if_unsupported(&sm.db())?;
+        let (checkpoint_sink, checkpoints_taken) = tokio::sync::mpsc::unbounded_channel();
+        let sm = sm.with_checkpoints(Checkpoints {
+            every: opts.timing.snapshot_every_entries,
+            sink: checkpoint_sink,
+        });
         let state = sm.db();
         let log_handle = log.clone();
         let t = &opts.timing;
@@ -564,6 +596,15 @@ impl ClusterNode {
             stopped,
         ));
         let mut node = node;
+        tokio::spawn(crate::housekeeping::keep_versions(
+            node.core.clone(),
+            node.state.clone(),
+            stop_server.subscribe(),
+        ));
+        tokio::spawn(crate::housekeeping::report_checkpoints(
+            node.core.clone(),
+            checkpoints_taken,
+        ));
         node.stop_server = stop_server;
         *node.server.get_mut() = Some(server);
 
@@ -699,18 +740,39 @@ impl ClusterNode {
 
     /// The cluster as the leader sees it (asked of the leader from any node).
     pub async fn status(&self) -> Result<ClusterStatus, AdminError> {
-        if self.current_leader() == Some(self.core.node_id) {
-            return self.core.status_here();
-        }
-        let peers = self.core.peers.clone();
-        let json = self
-            .core
-            .on_leader(READ_BARRIER_TIMEOUT, |mut client, leader| {
-                let request = peers.request(leader, pb::StatusRequest {});
-                async move { client.status(request).await.map(|r| r.into_inner().json) }
-            })
-            .await?;
-        serde_json::from_slice(&json).map_err(|e| AdminError::Internal(e.to_string()))
+        let mut status = if self.current_leader() == Some(self.core.node_id) {
+            self.core.status_here()?
+        } else {
+            let peers = self.core.peers.clone();
+            let json = self
+                .core
+                .on_leader(READ_BARRIER_TIMEOUT, |mut client, leader| {
+                    let request = peers.request(leader, pb::StatusRequest {});
+                    async move { client.status(request).await.map(|r| r.into_inner().json) }
+                })
+                .await?;
+            serde_json::from_slice::<ClusterStatus>(&json)
+                .map_err(|e| AdminError::Internal(e.to_string()))?
+        };
+        let (version, divergence) = self
+            .versions()
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        status.cluster_version = version;
+        status.divergence = divergence;
+        Ok(status)
+    }
+
+    /// The committed cluster version and the first state divergence, from this node's state.
+    pub fn versions(&self) -> Result<(u32, Option<Divergence>), MetaError> {
+        use redb::ReadableDatabase as _;
+        let txn = self
+            .state
+            .begin_read()
+            .map_err(|e| MetaError::Fatal(e.to_string()))?;
+        Ok((
+            wharf_meta::versions::cluster_version(&txn)?,
+            wharf_meta::versions::divergence(&txn)?,
+        ))
     }
 
     /// Mints a one-time join token valid for `ttl` (consumed through raft when used).

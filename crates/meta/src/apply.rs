@@ -1269,11 +1269,9 @@ mod tests {
             .iter()
             .map(|id| (*id, crate::raft_types::NodeInfo::default()))
             .collect();
-        let membership = openraft::Membership::new(
-            vec![ids.iter().copied().collect::<BTreeSet<_>>()],
-            nodes,
-        )
-        .unwrap();
+        let membership =
+            openraft::Membership::new(vec![ids.iter().copied().collect::<BTreeSet<_>>()], nodes)
+                .unwrap();
         let stored = crate::raft_types::StoredMembership::new(None, membership);
         let txn = sm.db.begin_write().unwrap();
         {
@@ -1396,8 +1394,13 @@ mod tests {
         sm.apply(report(1, 210, "mine"));
         sm.apply(report(3, 210, "theirs"));
         let txn = sm.db.begin_read().unwrap();
-        let divergence = versions::divergence(&txn).unwrap().expect("divergence recorded");
+        let divergence = versions::divergence(&txn)
+            .unwrap()
+            .expect("divergence recorded");
         assert_eq!(divergence.index, 210);
-        assert_eq!(divergence.hashes.get(&3).map(String::as_str), Some("theirs"));
+        assert_eq!(
+            divergence.hashes.get(&3).map(String::as_str),
+            Some("theirs")
+        );
     }
 }

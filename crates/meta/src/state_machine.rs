@@ -150,6 +150,7 @@ impl Snapshots {
 pub struct StateMachineStore {
     db: Arc<Database>,
     snapshots: Arc<Snapshots>,
+    checkpoints: Option<Checkpoints>,
 }
 
 impl StateMachineStore {
@@ -199,7 +200,14 @@ impl StateMachineStore {
                 current: Mutex::new(current),
                 next_tmp: AtomicU64::new(0),
             }),
+            checkpoints: None,
         })
+    }
+
+    /// Hands the state at every checkpoint index to `checkpoints.sink`.
+    pub fn with_checkpoints(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self
     }
 
     /// The state database. Read it with read transactions only; it is never replaced, not even
@@ -248,7 +256,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let results = self.blocking(move |db, _| apply_batch(db, &batch)).await?;
+        let checkpoints = self.checkpoints.clone();
+        let results = self
+            .blocking(move |db, _| apply_batch(db, &batch, checkpoints.as_ref()))
+            .await?;
         // Only now is the batch durable: answer the clients.
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(responder) = responder {
@@ -314,8 +325,50 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Applies `entries` in one durable write transaction and returns one result per entry.
-fn apply_batch(db: &Database, entries: &[Entry]) -> Result<Vec<CommandResult>, io::Error> {
+/// Where [`StateMachineStore`] hands the state at each checkpoint index: a read transaction
+/// that sees exactly the state after that index (see [`crate::versions`]).
+#[derive(Clone)]
+pub struct Checkpoints {
+    /// Every index divisible by this is a checkpoint (0: none).
+    pub every: u64,
+    pub sink: tokio::sync::mpsc::UnboundedSender<(u64, redb::ReadTransaction)>,
+}
+
+/// Applies `entries` in durable write transactions — one per batch, split after each
+/// checkpoint index so its state can be read exactly — and returns one result per entry.
+fn apply_batch(
+    db: &Database,
+    entries: &[Entry],
+    checkpoints: Option<&Checkpoints>,
+) -> Result<Vec<CommandResult>, io::Error> {
+    let mut results = Vec::with_capacity(entries.len());
+    let every = checkpoints.map_or(0, |c| c.every);
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let split = rest
+            .iter()
+            .position(|e| every > 0 && e.log_id.index % every == 0)
+            .map_or(rest.len(), |i| i + 1);
+        let (part, after) = rest.split_at(split);
+        results.extend(apply_part(db, part)?);
+        let last = part.last().map(|e| e.log_id.index).unwrap_or_default();
+        if let Some(c) = checkpoints
+            && every > 0
+            && last % every == 0
+        {
+            // No other writer exists: this read sees exactly the state after `last`.
+            let txn = db.begin_read().map_err(storage)?;
+            if c.sink.send((last, txn)).is_err() {
+                tracing::debug!(index = last, "nobody takes state checkpoints any more");
+            }
+        }
+        rest = after;
+    }
+    Ok(results)
+}
+
+/// Applies `entries` (non-empty) in one durable write transaction.
+fn apply_part(db: &Database, entries: &[Entry]) -> Result<Vec<CommandResult>, io::Error> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
@@ -830,6 +883,30 @@ mod tests {
     async fn apply_entries(sm: &mut StateMachineStore, entries: Vec<Entry>) {
         let items = entries.into_iter().map(|e| Ok((e, None)));
         sm.apply(futures::stream::iter(items)).await.unwrap();
+    }
+
+    /// A checkpoint sees exactly the state after its index, even inside one applied batch.
+    #[tokio::test]
+    async fn checkpoints_see_the_state_at_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, mut taken) = tokio::sync::mpsc::unbounded_channel();
+        let mut sm = StateMachineStore::open(dir.path())
+            .unwrap()
+            .with_checkpoints(Checkpoints { every: 10, sink });
+        let mut entries = vec![membership_entry(1)];
+        entries.extend((2..=25).map(|i| Entry::new_blank(log_id(1, i))));
+        apply_entries(&mut sm, entries).await;
+        let mut seen = Vec::new();
+        while let Ok((index, txn)) = taken.try_recv() {
+            let (applied, _) = crate::query::state_hash(&txn).unwrap();
+            assert_eq!(
+                applied,
+                Some(index),
+                "the checkpoint's state is at its index"
+            );
+            seen.push(index);
+        }
+        assert_eq!(seen, vec![10, 20]);
     }
 
     #[tokio::test]

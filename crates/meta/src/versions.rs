@@ -78,12 +78,14 @@ type Verdict = Result<Outcome, Rejection>;
 
 /// The committed cluster version, inside `apply`.
 pub(crate) fn cluster_version_in(txn: &WriteTransaction) -> Result<u32, ApplyError> {
-    Ok(get_json::<u32>(txn, tables::SM_META, KEY_CLUSTER_VERSION)?
-        .unwrap_or(BASE_CLUSTER_VERSION))
+    Ok(get_json::<u32>(txn, tables::SM_META, KEY_CLUSTER_VERSION)?.unwrap_or(BASE_CLUSTER_VERSION))
 }
 
 /// Refuses a command kind newer than the committed cluster version.
-pub(crate) fn gate(txn: &WriteTransaction, command: &Command) -> Result<Option<Rejection>, ApplyError> {
+pub(crate) fn gate(
+    txn: &WriteTransaction,
+    command: &Command,
+) -> Result<Option<Rejection>, ApplyError> {
     let needed = command.since_version();
     let running = cluster_version_in(txn)?;
     Ok((needed > running).then(|| {
@@ -158,11 +160,7 @@ fn membership_from_meta(txn: &WriteTransaction) -> Result<Option<Vec<NodeId>>, A
             source: serde::de::Error::custom(e),
         })?;
     Ok(Some(
-        membership
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect(),
+        membership.membership().nodes().map(|(id, _)| *id).collect(),
     ))
 }
 
@@ -181,7 +179,11 @@ pub(crate) fn report_state_hash(
     hashes.insert(node_id, sha256.to_string());
     let diverged = hashes.values().any(|h| h != sha256);
     if diverged && get_json::<Divergence>(txn, tables::CLUSTER, KEY_DIVERGENCE)?.is_none() {
-        tracing::error!(index, ?hashes, "nodes disagree on the state at the same index");
+        tracing::error!(
+            index,
+            ?hashes,
+            "nodes disagree on the state at the same index"
+        );
         put_json(
             txn,
             tables::CLUSTER,
@@ -204,7 +206,10 @@ pub(crate) fn report_state_hash(
         }
         keys.push(k.value().to_vec());
     }
-    for old in keys.iter().take(keys.len().saturating_sub(CHECKPOINTS_KEPT)) {
+    for old in keys
+        .iter()
+        .take(keys.len().saturating_sub(CHECKPOINTS_KEPT))
+    {
         table.remove(old.as_slice())?;
     }
     Ok(Ok(Outcome::Applied))
@@ -233,7 +238,11 @@ pub fn cluster_version(txn: &ReadTransaction) -> Result<u32, MetaError> {
 
 /// The version node `node_id` last reported supporting.
 pub fn node_version(txn: &ReadTransaction, node_id: NodeId) -> Result<Option<u32>, MetaError> {
-    read_json(txn, tables::CLUSTER, &key(&[NODE_VERSION, &padded(node_id)]))
+    read_json(
+        txn,
+        tables::CLUSTER,
+        &key(&[NODE_VERSION, &padded(node_id)]),
+    )
 }
 
 /// The first divergence found, if any.

@@ -9,7 +9,8 @@
 //! POST /api/v1/cluster/leader          {"node_id"} -> {"leader"}
 //! POST /api/v1/cluster/rotate-certs    {"finish"?} -> {"nodes":[{"node_id","not_after",
 //!                                       "trusted_cas"}]}  (every member must be up)
-//! GET  /api/v1/cluster/state-hash      this node: {"node","applied_index","sha256"} (local)
+//! GET  /api/v1/cluster/state-hash      this node: {"node","applied_index","sha256",
+//!                                       "checkpoints":[{"index","hashes"}],"divergence"} (local)
 //! ```
 
 use std::sync::Arc;
@@ -235,14 +236,19 @@ async fn state_hash(State(state): State<ClusterApiState>) -> Response {
     let db = state.cluster.state();
     let hashed = tokio::task::spawn_blocking(move || {
         let txn = db.begin_read().map_err(MetaError::from)?;
-        wharf_meta::query::state_hash(&txn)
+        let (applied, sha256) = wharf_meta::query::state_hash(&txn)?;
+        let checkpoints = wharf_meta::versions::checkpoints(&txn)?;
+        let divergence = wharf_meta::versions::divergence(&txn)?;
+        Ok::<_, MetaError>((applied, sha256, checkpoints, divergence))
     })
     .await;
     match hashed {
-        Ok(Ok((applied, sha256))) => axum::Json(serde_json::json!({
+        Ok(Ok((applied, sha256, checkpoints, divergence))) => axum::Json(serde_json::json!({
             "node": state.cluster.node_id(),
             "applied_index": applied,
             "sha256": sha256,
+            "checkpoints": checkpoints,
+            "divergence": divergence,
         }))
         .into_response(),
         Ok(Err(e)) => meta_error(e),

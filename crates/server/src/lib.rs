@@ -314,6 +314,8 @@ async fn readyz(State(h): State<Health>) -> Response {
 
 async fn metrics(State(h): State<Health>) -> Response {
     let c = &h.cluster;
+    // Unreadable state reads as "no divergence known" here; the state-hash endpoint reports it.
+    let (cluster_version, divergence) = c.versions().unwrap_or((0, None));
     let body = format!(
         "# TYPE wharf_node_ready gauge\nwharf_node_ready{{node=\"{id}\"}} {ready}\n\
          # TYPE wharf_raft_term gauge\nwharf_raft_term{{node=\"{id}\"}} {term}\n\
@@ -321,7 +323,10 @@ async fn metrics(State(h): State<Health>) -> Response {
          # TYPE wharf_raft_is_leader gauge\nwharf_raft_is_leader{{node=\"{id}\"}} {leader}\n\
          # TYPE wharf_raft_is_voter gauge\nwharf_raft_is_voter{{node=\"{id}\"}} {voter}\n\
          # TYPE wharf_raft_snapshot_index gauge\nwharf_raft_snapshot_index{{node=\"{id}\"}} {snapshot}\n\
-         # TYPE wharf_raft_purged_index gauge\nwharf_raft_purged_index{{node=\"{id}\"}} {purged}\n{cert}",
+         # TYPE wharf_raft_purged_index gauge\nwharf_raft_purged_index{{node=\"{id}\"}} {purged}\n\
+         # TYPE wharf_cluster_version gauge\nwharf_cluster_version{{node=\"{id}\"}} {cluster_version}\n\
+         # HELP wharf_cluster_state_divergence 1 once two nodes reported different state hashes at the same index.\n\
+         # TYPE wharf_cluster_state_divergence gauge\nwharf_cluster_state_divergence{{node=\"{id}\"}} {diverged}\n{cert}",
         id = c.node_id(),
         ready = u8::from(c.is_ready()),
         term = c.current_term(),
@@ -330,6 +335,7 @@ async fn metrics(State(h): State<Health>) -> Response {
         voter = u8::from(c.is_voter()),
         snapshot = c.snapshot_index().unwrap_or(0),
         purged = c.purged_index().unwrap_or(0),
+        diverged = u8::from(divergence.is_some()),
         cert = c.cert_not_after().map_or(String::new(), |t| format!(
             "# HELP wharf_cluster_cert_expiry_timestamp_seconds When this node's cluster certificate expires.\n\
              # TYPE wharf_cluster_cert_expiry_timestamp_seconds gauge\n\

@@ -479,4 +479,50 @@ mod tests {
         c.net.heal();
         c.shutdown().await;
     }
+
+    /// DESIGN.md §1.1: the cluster version rises by itself once every member reported
+    /// supporting it; from then on every node hashes its state at each checkpoint index and
+    /// reports it, and the reports of all three nodes agree.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_compare_state_hashes_at_checkpoints() {
+        use wharf_meta::versions::{self, SUPPORTED_CLUSTER_VERSION};
+        let timing = RaftTiming {
+            snapshot_every_entries: 25,
+            ..fast_timing()
+        };
+        let mut c = InProcessCluster::start(3, timing).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while c.node(3).versions().unwrap().0 < SUPPORTED_CLUSTER_VERSION {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster version was never raised"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for i in 0..60u64 {
+            c.node(1 + i % 3)
+                .propose(ctx(&format!("w{i}")), create_repo(&format!("r{i}")))
+                .await
+                .unwrap();
+        }
+        let complete = loop {
+            let txn = c.node(1).state().begin_read().unwrap();
+            let checkpoints = versions::checkpoints(&txn).unwrap();
+            if let Some(cp) = checkpoints.into_iter().find(|cp| cp.hashes.len() == 3) {
+                break cp;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no checkpoint was reported by all three nodes"
+            );
+            drop(txn);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let first = complete.hashes.values().next().unwrap();
+        assert!(complete.hashes.values().all(|h| h == first), "{complete:?}");
+        for id in [1, 2, 3] {
+            assert_eq!(c.node(id).versions().unwrap().1, None, "node {id}");
+        }
+        c.shutdown().await;
+    }
 }

@@ -1,0 +1,156 @@
+//! What every node does in the background besides raft (DESIGN.md §1.1, see
+//! [`wharf_meta::versions`]):
+//!
+//! - report the cluster version its binary supports, and as leader raise the cluster version
+//!   once every member supports it ([`keep_versions`]);
+//! - hash the state at every checkpoint index and report it, so that nodes compare their
+//!   states at equal indexes ([`report_checkpoints`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::ReadableDatabase;
+use tokio::sync::watch;
+use wharf_meta::command::Command;
+use wharf_meta::versions::{self, SUPPORTED_CLUSTER_VERSION};
+use wharf_meta::{ENVELOPE_VERSION, Envelope, RequestId};
+
+use crate::core::Core;
+
+/// How often a node looks at its reported and the cluster's version.
+const VERSION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a housekeeping proposal may take.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a proposal waits for a leader to appear.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(1);
+
+async fn propose(core: &Core, request_id: String, command: Command) -> Result<(), String> {
+    let envelope = Envelope {
+        version: ENVELOPE_VERSION,
+        request_id: RequestId(request_id),
+        proposer: core.node_id,
+        actor: "cluster".to_string(),
+        timestamp_ms: crate::node::now_ms(),
+        command,
+    };
+    let deadline = Instant::now() + PROPOSE_TIMEOUT;
+    match core.propose(envelope, deadline, NO_LEADER_WAIT).await {
+        Ok(wharf_meta::CommandResult::Rejected(r)) => Err(r.message),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What the local state says about versions: this node's report and the cluster's version,
+/// and whether every member supports this binary's version.
+fn version_view(core: &Core, db: &redb::Database) -> Result<(Option<u32>, u32, bool), String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let mine = versions::node_version(&txn, core.node_id).map_err(|e| e.to_string())?;
+    let running = versions::cluster_version(&txn).map_err(|e| e.to_string())?;
+    let members: Vec<_> = core
+        .metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    let mut all_support = true;
+    for id in members {
+        let supported = versions::node_version(&txn, id).map_err(|e| e.to_string())?;
+        all_support &= supported.is_some_and(|v| v >= SUPPORTED_CLUSTER_VERSION);
+    }
+    Ok((mine, running, all_support))
+}
+
+/// Reports this node's supported version until it is recorded; while leading, raises the
+/// cluster version once every member supports it. Ends when `stop` turns true.
+pub(crate) async fn keep_versions(
+    core: Arc<Core>,
+    db: Arc<redb::Database>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(VERSION_CHECK_INTERVAL) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if core.metrics().current_leader.is_none() {
+            continue;
+        }
+        let (mine, running, all_support) = match version_view(&core, &db) {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!("cannot read cluster versions: {e}");
+                continue;
+            }
+        };
+        if mine != Some(SUPPORTED_CLUSTER_VERSION) {
+            let id = format!("node-version-{}-{SUPPORTED_CLUSTER_VERSION}", core.node_id);
+            let report = Command::ReportNodeVersion {
+                node_id: core.node_id,
+                supported: SUPPORTED_CLUSTER_VERSION,
+            };
+            if let Err(e) = propose(&core, id, report).await {
+                tracing::debug!("cannot report this node's version yet: {e}");
+            }
+            continue;
+        }
+        let leads = core.metrics().current_leader == Some(core.node_id);
+        if leads && running < SUPPORTED_CLUSTER_VERSION && all_support {
+            let id = format!("cluster-version-{SUPPORTED_CLUSTER_VERSION}");
+            let raise = Command::SetClusterVersion {
+                version: SUPPORTED_CLUSTER_VERSION,
+            };
+            match propose(&core, id, raise).await {
+                Ok(()) => tracing::info!(
+                    version = SUPPORTED_CLUSTER_VERSION,
+                    "every member supports the new cluster version"
+                ),
+                Err(e) => tracing::debug!("cannot raise the cluster version yet: {e}"),
+            }
+        }
+    }
+}
+
+/// Hashes the state at each checkpoint the state machine hands over and reports it. Ends when
+/// the state machine goes away.
+pub(crate) async fn report_checkpoints(
+    core: Arc<Core>,
+    mut taken: tokio::sync::mpsc::UnboundedReceiver<(u64, redb::ReadTransaction)>,
+) {
+    while let Some((index, txn)) = taken.recv().await {
+        let hashed = tokio::task::spawn_blocking(move || {
+            let running = versions::cluster_version(&txn)?;
+            let (applied, sha256) = wharf_meta::query::state_hash(&txn)?;
+            Ok::<_, wharf_meta::MetaError>((running, applied, sha256))
+        })
+        .await;
+        let (running, applied, sha256) = match hashed {
+            Ok(Ok(hashed)) => hashed,
+            Ok(Err(e)) => {
+                tracing::warn!(index, "cannot hash the state at a checkpoint: {e}");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(index, "cannot hash the state at a checkpoint: {e}");
+                continue;
+            }
+        };
+        let report = Command::ReportStateHash {
+            node_id: core.node_id,
+            index,
+            sha256,
+        };
+        if applied != Some(index) || running < report.since_version() {
+            // Not yet allowed by the cluster version (or not the state it claims to be).
+            continue;
+        }
+        let id = format!("state-hash-{}-{index}", core.node_id);
+        if let Err(e) = propose(&core, id, report).await {
+            tracing::warn!(index, "cannot report the state hash of a checkpoint: {e}");
+        }
+    }
+}
