@@ -350,8 +350,17 @@ impl TestCluster {
 
     /// `(applied_index, sha256)` of member `i`'s state machine.
     pub fn state_hash(&self, i: usize) -> (u64, String) {
-        let v: Value = self
-            .http
+        let v = self.state_hash_report(i);
+        (
+            v["applied_index"].as_u64().unwrap_or(0),
+            v["sha256"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// `GET /api/v1/cluster/state-hash` of member `i`: its hash now, the checkpoints the
+    /// nodes reported, and any divergence found.
+    pub fn state_hash_report(&self, i: usize) -> Value {
+        self.http
             .get(format!(
                 "{}/api/v1/cluster/state-hash",
                 self.members[i].url()
@@ -359,11 +368,7 @@ impl TestCluster {
             .send()
             .unwrap()
             .json()
-            .unwrap();
-        (
-            v["applied_index"].as_u64().unwrap_or(0),
-            v["sha256"].as_str().unwrap_or_default().to_string(),
-        )
+            .unwrap()
     }
 
     /// A `/metrics` gauge of member `i`.

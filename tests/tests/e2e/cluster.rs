@@ -396,6 +396,16 @@ fn lagging_node_catches_up_from_a_snapshot() {
     let name = "snap/app";
     let http = cluster.members[0].http();
     let manifest = manifest_with_blobs(&http, name, "snap");
+    // Every member has reported its version and the cluster runs the newest one, which lets
+    // nodes report state hashes at checkpoints.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..3).any(|i| cluster.metric(i, "wharf_cluster_version") < 2) {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster version was not raised"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let applied_before = cluster.state_hash(2).0;
     cluster.stop(2);
     for n in 0..150 {
@@ -428,6 +438,21 @@ fn lagging_node_catches_up_from_a_snapshot() {
             "applied indexes never met: {hashes:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // The nodes also compared their states by themselves at checkpoint indexes (every 40
+    // entries here): reports from more than one node, all equal, and no divergence anywhere.
+    let report = cluster.state_hash_report(2);
+    let compared = report["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|cp| cp["hashes"].as_object().unwrap().len() >= 2)
+        .count();
+    assert!(compared > 0, "no checkpoint was compared: {report}");
+    for i in 0..3 {
+        assert!(cluster.state_hash_report(i)["divergence"].is_null());
+        assert_eq!(cluster.metric(i, "wharf_cluster_state_divergence"), 0);
+        assert_eq!(cluster.metric(i, "wharf_cluster_version"), 2);
     }
 }
 
