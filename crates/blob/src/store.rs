@@ -47,7 +47,13 @@ struct Inner {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Uploads are refused while fewer bytes than this are free (0: no check).
     min_free: AtomicU64,
+    /// Small blobs this process stored (or found stored) durably, so that the same bytes
+    /// stored again cost a lookup instead of a write and three fsyncs. Forgotten on delete.
+    durable_small: Mutex<HashMap<Digest, BlobInfo>>,
 }
+
+/// How many small blobs [`Inner::durable_small`] remembers before it starts over.
+const DURABLE_SMALL_REMEMBERED: usize = 16_384;
 
 struct Session {
     id: String,
@@ -193,6 +199,7 @@ impl FsBlobStore {
                 node_id,
                 sessions: Mutex::new(HashMap::new()),
                 min_free: AtomicU64::new(0),
+                durable_small: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -501,6 +508,49 @@ impl FsBlobStore {
         result
     }
 
+    /// Stores `bytes` held in memory (a manifest, say), like [`Self::ingest`]. A small blob
+    /// this store already holds durably is only hashed and looked up: no file is written.
+    pub async fn ingest_bytes(
+        &self,
+        bytes: Bytes,
+        expected: Option<&Digest>,
+    ) -> Result<BlobInfo, BlobError> {
+        let size = bytes.len() as u64;
+        if size > INTACT_CHECK_MAX {
+            return self
+                .ingest(futures::stream::iter([Ok::<_, io::Error>(bytes)]), expected)
+                .await;
+        }
+        let algorithm = expected.map_or(DigestAlgorithm::Sha256, Digest::algorithm);
+        let mut hasher = DigestHasher::new(algorithm);
+        hasher.update(&bytes);
+        let digest = hasher.finish();
+        if let Some(expected) = expected
+            && *expected != digest
+        {
+            return Err(BlobError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let known = lock(&self.inner.durable_small).get(&digest).cloned();
+        if let Some(info) = known
+            && info.size == size
+            // One stat, not worth a blocking-pool round trip: the copy is still in place.
+            && std::fs::metadata(self.inner.blob_path(&digest)).is_ok_and(|m| m.len() == size)
+        {
+            return Ok(info);
+        }
+        let stream = futures::stream::iter([Ok::<_, io::Error>(bytes)]);
+        let info = self.ingest(stream, Some(&digest)).await?;
+        let mut durable = lock(&self.inner.durable_small);
+        if durable.len() >= DURABLE_SMALL_REMEMBERED {
+            durable.clear();
+        }
+        durable.insert(digest, info.clone());
+        Ok(info)
+    }
+
     /// Forgets session `id` and deletes its files, without waiting for anything. Used when an
     /// `ingest` future is dropped or fails; a no-op for an already-closed session.
     fn discard(&self, id: &str) {
@@ -606,6 +656,7 @@ impl FsBlobStore {
     /// Unlinks blob `digest` and its sidecar (blob first, so a blob never lacks its sidecar).
     /// Succeeds if the blob is already absent.
     pub async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
+        lock(&self.inner.durable_small).remove(digest);
         let blob = self.inner.blob_path(digest);
         let sidecar = with_suffix(&blob, ".chunks");
         blocking(move || {

@@ -62,6 +62,8 @@ pub enum BlobSource<S> {
     Upload(String),
     /// A request body.
     Stream(S),
+    /// Bytes already in memory (a manifest).
+    Bytes(Bytes),
 }
 
 /// A blob stored through [`Registry::store_blob`]: verified, fsync'd, ready to be referenced.
@@ -163,6 +165,7 @@ impl Registry {
                 self.blobs.commit(&session, expected, expected_size).await
             }
             BlobSource::Stream(body) => self.blobs.ingest(body, expected).await,
+            BlobSource::Bytes(bytes) => self.blobs.ingest_bytes(bytes, expected).await,
         };
         let info = match stored {
             Ok(info) => info,

@@ -114,9 +114,12 @@ impl Registry {
     ) -> Result<()> {
         self.repo_for_write(ctx, &name.repo(), Format::Oci).await?;
         let size = bytes.len() as u64;
-        let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes)]);
         let stored = self
-            .store_blob(BlobSource::Stream(body), Some(digest), Some(size))
+            .store_blob(
+                BlobSource::<futures::stream::Empty<std::io::Result<Bytes>>>::Bytes(bytes),
+                Some(digest),
+                Some(size),
+            )
             .await?;
         let referrer = manifest.subject.as_ref().map(|_| ReferrerDescriptor {
             media_type: manifest.media_type.clone(),

@@ -755,3 +755,40 @@ async fn a_small_blob_stored_again_keeps_an_intact_copy_and_repairs_a_damaged_on
     assert_ne!(inode(&path), first);
     assert_eq!(read_all(&store, &d, None).await, bytes);
 }
+
+/// Bytes in memory: the same small blob stored again is only looked up, but never trusted
+/// past a delete or a copy that went missing; a wrong digest is refused.
+#[tokio::test]
+async fn ingest_bytes_reuses_a_durable_copy_only_while_it_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bytes = Bytes::from(data(2_000, 7));
+    let digest = sha(&bytes);
+    let info = store
+        .ingest_bytes(bytes.clone(), Some(&digest))
+        .await
+        .unwrap();
+    assert_eq!(info.digest, digest);
+    let blob = blob_file(dir.path(), &digest);
+    let placed = std::fs::metadata(&blob).unwrap().modified().unwrap();
+
+    // Again: the same answer, and the file was not written again.
+    assert_eq!(store.ingest_bytes(bytes.clone(), None).await.unwrap(), info);
+    assert_eq!(
+        std::fs::metadata(&blob).unwrap().modified().unwrap(),
+        placed
+    );
+
+    // Deleted through the store, or removed behind its back: stored again.
+    store.delete(&digest).await.unwrap();
+    assert_eq!(store.ingest_bytes(bytes.clone(), None).await.unwrap(), info);
+    assert_eq!(std::fs::read(&blob).unwrap(), bytes);
+    std::fs::remove_file(&blob).unwrap();
+    assert_eq!(store.ingest_bytes(bytes.clone(), None).await.unwrap(), info);
+    assert_eq!(read_all(&store, &digest, None).await, bytes.to_vec());
+
+    let wrong = sha(b"something else");
+    let err = store.ingest_bytes(bytes, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
+    assert!(files_under(&dir.path().join("uploads")).is_empty());
+}
