@@ -7,6 +7,9 @@ use clap::{Parser, ValueEnum};
 pub enum ScenarioName {
     /// HEAD (404) → POST → one PATCH with the whole blob → PUT ?digest= of a new blob per op.
     BlobPush,
+    /// docker's push of a new blob per op: HEAD (404) → POST → one PATCH with
+    /// `Transfer-Encoding: chunked` (no length) → PUT ?digest= → HEAD again to verify.
+    DockerPush,
     /// GET of one pushed blob, body compared byte for byte.
     BlobPull,
     /// HEAD of one pushed blob.
@@ -29,6 +32,7 @@ impl ScenarioName {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BlobPush => "blob-push",
+            Self::DockerPush => "docker-push",
             Self::BlobPull => "blob-pull",
             Self::BlobHead => "blob-head",
             Self::ManifestGet => "manifest-get",
@@ -41,7 +45,10 @@ impl ScenarioName {
 
     /// Whether the scenario moves blob bytes (reported as bytes/s and CPU s/GB).
     pub fn moves_blobs(self) -> bool {
-        matches!(self, Self::BlobPush | Self::BlobPull | Self::Loopback)
+        matches!(
+            self,
+            Self::BlobPush | Self::DockerPush | Self::BlobPull | Self::Loopback
+        )
     }
 }
 
@@ -118,15 +125,16 @@ impl Args {
     /// Fills in scenario-specific defaults and checks the combination.
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let size = self.size.unwrap_or(match self.scenario {
-            ScenarioName::BlobPush | ScenarioName::BlobPull => MIB,
+            ScenarioName::BlobPush | ScenarioName::DockerPush | ScenarioName::BlobPull => MIB,
             ScenarioName::Loopback => GIB,
             _ => KIB,
         });
         anyhow::ensure!(size > 0, "--size must be at least 1 byte");
         let ops = self.ops.unwrap_or(match self.scenario {
-            ScenarioName::BlobPush | ScenarioName::BlobPull | ScenarioName::Loopback => {
-                default_blob_ops(size)
-            }
+            ScenarioName::BlobPush
+            | ScenarioName::DockerPush
+            | ScenarioName::BlobPull
+            | ScenarioName::Loopback => default_blob_ops(size),
             ScenarioName::TagCommit | ScenarioName::TagOnly => 1000,
             _ => 2000,
         });

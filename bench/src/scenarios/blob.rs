@@ -1,4 +1,5 @@
-//! Blob scenarios: push (containers/image's sequence), pull with byte comparison, HEAD.
+//! Blob scenarios: push (containers/image's or docker's sequence), pull with byte comparison,
+//! HEAD.
 
 use anyhow::{Context as _, bail};
 use http::{Method, StatusCode, header};
@@ -41,15 +42,26 @@ impl Source {
     }
 }
 
-/// Uploads `src` as `digest` the way containers/image does: HEAD (404 expected unless
+/// Whose request sequence a push follows (`../shared/docs/clients.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pusher {
+    /// skopeo, podman, buildah: the PATCH carries `Content-Length`.
+    ContainersImage,
+    /// docker 20.10: the PATCH is `Transfer-Encoding: chunked`, and the blob is HEADed again
+    /// after the PUT.
+    Docker,
+}
+
+/// Uploads `src` as `digest` the way `pusher` does: HEAD (404 expected unless
 /// `allow_existing`, in which case a 200 ends the push), POST, one PATCH with the whole body,
-/// PUT `?digest=`. Returns whether it uploaded.
+/// PUT `?digest=` (and for docker, HEAD again). Returns whether it uploaded.
 pub async fn push(
     conn: &mut Conn,
     name: &str,
     src: &Source,
     digest: &str,
     allow_existing: bool,
+    pusher: Pusher,
 ) -> anyhow::Result<bool> {
     let len = src.len();
     let blob_path = format!("/v2/{name}/blobs/{digest}");
@@ -92,9 +104,13 @@ pub async fn push(
     let what = format!("PATCH {location}");
     let req = conn
         .request(Method::PATCH, &location)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, len)
-        .body(src.body())?;
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    let req = match pusher {
+        Pusher::ContainersImage => req.header(header::CONTENT_LENGTH, len),
+        // hyper frames the body in chunks when the header says so, whatever its size hint.
+        Pusher::Docker => req.header(header::TRANSFER_ENCODING, "chunked"),
+    }
+    .body(src.body())?;
     let resp = client::expect_status(conn.send(req).await?, StatusCode::ACCEPTED, &what).await?;
     if let Some(range) = resp.headers().get("range") {
         let want = format!("0-{}", len - 1);
@@ -115,6 +131,20 @@ pub async fn push(
     client::expect_header(resp.headers(), DIGEST, digest, &what)?;
     client::header_str(resp.headers(), "location", &what)?;
     client::drain(resp, &what).await?;
+
+    if pusher == Pusher::Docker {
+        let what = format!("HEAD {blob_path} (after the upload)");
+        let resp = conn
+            .send(
+                conn.request(Method::HEAD, &blob_path)
+                    .body(ReqBody::Empty)?,
+            )
+            .await?;
+        let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
+        client::expect_header(resp.headers(), "content-length", &len.to_string(), &what)?;
+        client::expect_header(resp.headers(), DIGEST, digest, &what)?;
+        client::drain(resp, &what).await?;
+    }
     Ok(true)
 }
 
@@ -155,6 +185,8 @@ pub struct Push {
     pub seed: u64,
     /// Precomputed digest per op index (warmup ones first).
     pub digests: Vec<String>,
+    /// Whose request sequence each push follows.
+    pub pusher: Pusher,
 }
 
 impl Push {
@@ -168,7 +200,7 @@ impl Push {
             state: prng::stream_seed(self.seed, i),
             len: self.size,
         };
-        push(conn, &self.name, &src, digest, false).await?;
+        push(conn, &self.name, &src, digest, false, self.pusher).await?;
         Ok(self.size)
     }
 }
@@ -197,6 +229,7 @@ impl Stored {
             &Source::Prng { state, len: size },
             &digest,
             true,
+            Pusher::ContainersImage,
         )
         .await
         .context("setup: pushing the fixture blob")?;

@@ -47,6 +47,7 @@ impl Fixture {
             },
             &layer_digest,
             true,
+            blob::Pusher::ContainersImage,
         )
         .await
         .context("setup: pushing the layer")?;
@@ -64,6 +65,7 @@ impl Fixture {
             &Source::Bytes(Bytes::from(config)),
             &config_digest,
             true,
+            blob::Pusher::ContainersImage,
         )
         .await
         .context("setup: pushing the config")?;

@@ -39,15 +39,21 @@ impl Scenario {
         let mut conn = Conn::new(target);
         let total = s.warmup + s.ops;
         Ok(match s.scenario {
-            ScenarioName::BlobPush => {
+            ScenarioName::BlobPush | ScenarioName::DockerPush => {
                 let (seed, size) = (s.seed, s.size);
                 let digests =
                     tokio::task::spawn_blocking(move || blob::digests(seed, total, size)).await?;
+                let pusher = if s.scenario == ScenarioName::DockerPush {
+                    blob::Pusher::Docker
+                } else {
+                    blob::Pusher::ContainersImage
+                };
                 Self::BlobPush(blob::Push {
                     name: s.name.clone(),
                     size,
                     seed,
                     digests,
+                    pusher,
                 })
             }
             ScenarioName::BlobPull => {
