@@ -61,8 +61,23 @@ pub fn load(data_dir: &Path) -> std::io::Result<Option<Incarnation>> {
     }
 }
 
+/// Serializes writers of the record within this process (the recorder and shutdown).
+static STORING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Records `incarnation` unless the record is already at least as far; a record never moves
+/// back.
+pub fn advance(data_dir: &Path, incarnation: &Incarnation) -> std::io::Result<()> {
+    let _one_writer = STORING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match load(data_dir)? {
+        Some(recorded) if !incarnation.is_past(&recorded) => Ok(()),
+        _ => store(data_dir, incarnation),
+    }
+}
+
 /// Replaces the record durably (tmp → fsync → rename → fsync dir).
-pub fn store(data_dir: &Path, incarnation: &Incarnation) -> std::io::Result<()> {
+fn store(data_dir: &Path, incarnation: &Incarnation) -> std::io::Result<()> {
     let text = toml::to_string(incarnation)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let tmp = data_dir.join(format!("{FILE}.tmp"));
@@ -107,7 +122,17 @@ mod tests {
             term: 2,
             applied_index: 7,
         };
-        store(dir.path(), &i).unwrap();
+        advance(dir.path(), &i).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(i));
+        let older = Incarnation {
+            term: 2,
+            applied_index: 5,
+        };
+        advance(dir.path(), &older).unwrap();
+        assert_eq!(
+            load(dir.path()).unwrap(),
+            Some(i),
+            "a record never moves back"
+        );
     }
 }

@@ -390,7 +390,7 @@ async fn record_incarnation(raft: Raft, data_dir: PathBuf, mut recorded: Incarna
         if reached.is_past(&recorded) {
             let dir = data_dir.clone();
             let stored =
-                tokio::task::spawn_blocking(move || crate::incarnation::store(&dir, &reached))
+                tokio::task::spawn_blocking(move || crate::incarnation::advance(&dir, &reached))
                     .await;
             match stored {
                 Ok(Ok(())) => recorded = reached,
@@ -914,6 +914,23 @@ impl ClusterNode {
                 node_id = self.core.node_id,
                 "raft core ended abnormally: {e}"
             );
+        }
+        // Record how far this node got before the process exits.
+        if let Some(id) = self.core.metrics().last_applied {
+            let reached = Incarnation {
+                term: id.leader_id.term,
+                applied_index: id.index,
+            };
+            let dir = self.core.data_dir.clone();
+            let recorded =
+                tokio::task::spawn_blocking(move || crate::incarnation::advance(&dir, &reached))
+                    .await;
+            if !matches!(recorded, Ok(Ok(()))) {
+                tracing::warn!(
+                    node_id = self.core.node_id,
+                    "cannot record incarnation.toml"
+                );
+            }
         }
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
         while self.log.handle_count() > 1 || Arc::strong_count(&self.state) > 1 {

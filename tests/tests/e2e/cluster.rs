@@ -479,13 +479,47 @@ fn a_moved_tag_is_never_stale_on_another_node() {
     }
 }
 
-/// A wiped node cannot come back under its old id; a bad join token is refused.
+/// A node whose raft state was restored from an older copy refuses to start, and so does a
+/// wiped one: neither comes back under its old id. A bad join token is refused.
 #[test]
 fn a_wiped_node_cannot_rejoin_under_its_old_id() {
     init_logging();
     let mut cluster = TestCluster::start(3, ClusterOpts::default());
+    let raft = cluster.members[2].dir.join("data/raft");
+    let backup = cluster.members[2].dir.join("raft-backup");
     cluster.stop(2);
-    std::fs::remove_dir_all(cluster.members[2].dir.join("data/raft")).unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&raft)
+        .arg(&backup)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    cluster.restart(2);
+    let http = cluster.members[0].http();
+    let m = manifest_with_blobs(&http, "restore/app", "restore");
+    for n in 0..5 {
+        http.put_manifest("restore/app", &format!("v{n}"), Some(OCI_MANIFEST), &m)
+            .expect(201);
+    }
+    let n3 = cluster.members[2].http();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tags(&n3, "restore/app").len() < 5 {
+        assert!(Instant::now() < deadline, "node 3 did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.stop(2);
+    std::fs::remove_dir_all(&raft).unwrap();
+    std::fs::rename(&backup, &raft).unwrap();
+    let out = cluster.start_expecting_exit(2);
+    assert!(
+        !out.status.success(),
+        "a node restored from an old copy started"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("behind"), "{err}");
+
+    std::fs::remove_dir_all(&raft).unwrap();
     let out = cluster.start_expecting_exit(2);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
