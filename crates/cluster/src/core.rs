@@ -164,6 +164,21 @@ impl Core {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Whether this node knows a leader and has applied everything it knows is committed.
+    pub(crate) fn is_caught_up(&self) -> bool {
+        let m = self.metrics();
+        if m.running_state.is_err() || m.current_leader.is_none() {
+            return false;
+        }
+        let committed = m
+            .local_committed
+            .as_ref()
+            .max(m.cluster_committed.as_ref())
+            .map(|id| id.index);
+        let applied = m.last_applied.as_ref().map(|id| id.index);
+        applied.is_some() && applied >= committed
+    }
+
     /// Whether this node heard from its leader within `max` (a leader: from a quorum).
     pub(crate) fn fresh_within(&self, max: Duration) -> bool {
         let m = self.metrics();
@@ -553,8 +568,10 @@ impl Core {
         let envelope = Envelope {
             version: wharf_meta::ENVELOPE_VERSION,
             // Only the same joiner (same token and nonce) retrying gets the stored answer.
+            // The supported version is part of it: a joiner refused for an old binary gets a
+            // fresh answer when it retries with a newer one.
             request_id: wharf_meta::RequestId(format!(
-                "join-{token_sha256}-{}",
+                "join-{token_sha256}-{}-v{supported_version}",
                 token_digest(nonce)
             )),
             proposer: self.node_id,

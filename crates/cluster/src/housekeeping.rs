@@ -24,6 +24,16 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a proposal waits for a leader to appear.
 const NO_LEADER_WAIT: Duration = Duration::from_secs(1);
 
+/// A request id for one attempt: these commands are idempotent, and a fresh id per attempt
+/// keeps a rejected attempt's stored answer from being returned to every later one.
+fn attempt_id(what: &str, core: &Core) -> String {
+    format!(
+        "{what}-{}-{}",
+        core.node_id,
+        hex::encode(rand::random::<[u8; 8]>())
+    )
+}
+
 async fn propose(core: &Core, request_id: String, command: Command) -> Result<(), String> {
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
@@ -77,7 +87,8 @@ pub(crate) async fn keep_versions(
         if *stop.borrow() {
             return;
         }
-        if core.metrics().current_leader.is_none() {
+        // A node still catching up would see its own earlier report only later: wait.
+        if !core.is_caught_up() {
             continue;
         }
         let (mine, running, all_support) = match version_view(&core, &db) {
@@ -88,23 +99,29 @@ pub(crate) async fn keep_versions(
             }
         };
         if mine != Some(SUPPORTED_CLUSTER_VERSION) {
-            let id = format!("node-version-{}-{SUPPORTED_CLUSTER_VERSION}", core.node_id);
             let report = Command::ReportNodeVersion {
                 node_id: core.node_id,
                 supported: SUPPORTED_CLUSTER_VERSION,
             };
-            if let Err(e) = propose(&core, id, report).await {
+            let proposed = tokio::select! {
+                _ = stop.changed() => return,
+                proposed = propose(&core, attempt_id("node-version", &core), report) => proposed,
+            };
+            if let Err(e) = proposed {
                 tracing::debug!("cannot report this node's version yet: {e}");
             }
             continue;
         }
         let leads = core.metrics().current_leader == Some(core.node_id);
         if leads && running < SUPPORTED_CLUSTER_VERSION && all_support {
-            let id = format!("cluster-version-{SUPPORTED_CLUSTER_VERSION}");
             let raise = Command::SetClusterVersion {
                 version: SUPPORTED_CLUSTER_VERSION,
             };
-            match propose(&core, id, raise).await {
+            let proposed = tokio::select! {
+                _ = stop.changed() => return,
+                proposed = propose(&core, attempt_id("cluster-version", &core), raise) => proposed,
+            };
+            match proposed {
                 Ok(()) => tracing::info!(
                     version = SUPPORTED_CLUSTER_VERSION,
                     "every member supports the new cluster version"
@@ -119,9 +136,17 @@ pub(crate) async fn keep_versions(
 /// the state machine goes away.
 pub(crate) async fn report_checkpoints(
     core: Arc<Core>,
-    mut taken: tokio::sync::mpsc::UnboundedReceiver<(u64, redb::ReadTransaction)>,
+    mut taken: tokio::sync::mpsc::Receiver<(u64, redb::ReadTransaction)>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((index, txn)) = taken.recv().await {
+    loop {
+        let (index, txn) = tokio::select! {
+            _ = stop.changed() => return,
+            taken = taken.recv() => match taken {
+                Some(taken) => taken,
+                None => return,
+            },
+        };
         let hashed = tokio::task::spawn_blocking(move || {
             let running = versions::cluster_version(&txn)?;
             let (applied, sha256) = wharf_meta::query::state_hash(&txn)?;
@@ -149,7 +174,11 @@ pub(crate) async fn report_checkpoints(
             continue;
         }
         let id = format!("state-hash-{}-{index}", core.node_id);
-        if let Err(e) = propose(&core, id, report).await {
+        let proposed = tokio::select! {
+            _ = stop.changed() => return,
+            proposed = propose(&core, id, report) => proposed,
+        };
+        if let Err(e) = proposed {
             tracing::warn!(index, "cannot report the state hash of a checkpoint: {e}");
         }
     }

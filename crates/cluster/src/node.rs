@@ -152,8 +152,8 @@ pub enum ClusterError {
     #[error(
         "the raft state in {dir} is behind this node's recorded incarnation: {reason}; it was \
          probably restored from an older copy, and a node that forgot votes or entries it \
-         acknowledged breaks raft's guarantees: move the directory away and join again with a \
-         new token"
+         acknowledged breaks raft's guarantees: move the data directory away and join again \
+         with a new token"
     )]
     Behind { dir: String, reason: String },
     /// The cluster runs a version this binary cannot.
@@ -328,10 +328,11 @@ pub async fn join(
 /// Refuses raft state that is behind `incarnation.toml` ([`crate::incarnation`]); returns
 /// how far it has come.
 async fn refuse_if_behind(
-    data_dir: &Path,
+    opts: &StartOptions,
     log: &mut LogStore,
     sm: &mut StateMachineStore,
 ) -> Result<Incarnation, ClusterError> {
+    let data_dir = &opts.data_dir;
     use openraft::RaftLogReader as _;
     use openraft::storage::RaftStateMachine as _;
     let vote_term = log
@@ -344,7 +345,8 @@ async fn refuse_if_behind(
         term: applied.map_or(0, |id| id.leader_id.term),
         applied_index: applied.map_or(0, |id| id.index),
     };
-    let recorded = crate::incarnation::load(data_dir).map_err(ClusterError::Io)?;
+    let recorded = crate::incarnation::recorded(data_dir, opts.node_id, &opts.cluster_id)
+        .map_err(ClusterError::Io)?;
     if let Some(recorded) = recorded
         && let Some(reason) = crate::incarnation::behind(&recorded, vote_term, &reached)
     {
@@ -375,7 +377,12 @@ fn refuse_if_unsupported(state: &redb::Database) -> Result<(), ClusterError> {
 
 /// Keeps `incarnation.toml` up with what the node has applied: at most once per
 /// [`INCARNATION_INTERVAL`], and once more when raft stops.
-async fn record_incarnation(raft: Raft, data_dir: PathBuf, mut recorded: Incarnation) {
+async fn record_incarnation(
+    raft: Raft,
+    data_dir: PathBuf,
+    identity: (NodeId, String),
+    mut recorded: Incarnation,
+) {
     use openraft::async_runtime::watch::WatchReceiver as _;
     let mut metrics = raft.metrics();
     loop {
@@ -389,9 +396,11 @@ async fn record_incarnation(raft: Raft, data_dir: PathBuf, mut recorded: Incarna
         };
         if reached.is_past(&recorded) {
             let dir = data_dir.clone();
-            let stored =
-                tokio::task::spawn_blocking(move || crate::incarnation::advance(&dir, &reached))
-                    .await;
+            let (node_id, cluster_id) = identity.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                crate::incarnation::advance(&dir, node_id, &cluster_id, &reached)
+            })
+            .await;
             match stored {
                 Ok(Ok(())) => recorded = reached,
                 Ok(Err(e)) => tracing::warn!("cannot record incarnation.toml: {e}"),
@@ -448,9 +457,9 @@ impl ClusterNode {
             })
             .await??
         };
-        let reached = refuse_if_behind(&opts.data_dir, &mut log, &mut sm).await?;
+        let reached = refuse_if_behind(&opts, &mut log, &mut sm).await?;
         refuse_if_unsupported(&sm.db())?;
-        let (checkpoint_sink, checkpoints_taken) = tokio::sync::mpsc::unbounded_channel();
+        let (checkpoint_sink, checkpoints_taken) = tokio::sync::mpsc::channel(2);
         let sm = sm.with_checkpoints(Checkpoints {
             every: opts.timing.snapshot_every_entries,
             sink: checkpoint_sink,
@@ -506,6 +515,7 @@ impl ClusterNode {
         tokio::spawn(record_incarnation(
             raft.clone(),
             opts.data_dir.clone(),
+            (opts.node_id, opts.cluster_id.clone()),
             reached,
         ));
         let core = Arc::new(Core {
@@ -604,6 +614,7 @@ impl ClusterNode {
         tokio::spawn(crate::housekeeping::report_checkpoints(
             node.core.clone(),
             checkpoints_taken,
+            stop_server.subscribe(),
         ));
         node.stop_server = stop_server;
         *node.server.get_mut() = Some(server);
@@ -725,17 +736,7 @@ impl ClusterNode {
     /// node has applied every entry it knows to be committed. A new learner stays unready until
     /// it has caught up.
     pub fn is_ready(&self) -> bool {
-        let m = self.core.metrics();
-        if m.running_state.is_err() || m.current_leader.is_none() {
-            return false;
-        }
-        let committed = m
-            .local_committed
-            .as_ref()
-            .max(m.cluster_committed.as_ref())
-            .map(|id| id.index);
-        let applied = m.last_applied.as_ref().map(|id| id.index);
-        applied.is_some() && applied >= committed
+        self.core.is_caught_up()
     }
 
     /// The cluster as the leader sees it (asked of the leader from any node).
@@ -922,9 +923,11 @@ impl ClusterNode {
                 applied_index: id.index,
             };
             let dir = self.core.data_dir.clone();
-            let recorded =
-                tokio::task::spawn_blocking(move || crate::incarnation::advance(&dir, &reached))
-                    .await;
+            let (node_id, cluster_id) = (self.core.node_id, self.core.cluster_id.clone());
+            let recorded = tokio::task::spawn_blocking(move || {
+                crate::incarnation::advance(&dir, node_id, &cluster_id, &reached)
+            })
+            .await;
             if !matches!(recorded, Ok(Ok(()))) {
                 tracing::warn!(
                     node_id = self.core.node_id,
@@ -1221,7 +1224,7 @@ mod tests {
                 node.shutdown().await;
                 drop(node);
                 wait_for("the incarnation is recorded", || {
-                    crate::incarnation::load(&data_dir)
+                    crate::incarnation::recorded(&data_dir, 1, "test")
                         .unwrap()
                         .is_some_and(|i| i.applied_index >= applied)
                 })

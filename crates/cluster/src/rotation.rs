@@ -154,8 +154,10 @@ impl Core {
             .collect();
         let mut certs = Vec::new();
         for (id, addr) in members.iter().filter(|(id, _)| *id != self.node_id) {
+            // Refused, not NoQuorum: a forwarding node would retry a NoQuorum, each time
+            // with a new CA.
             let failed = |reason: String| {
-                AdminError::NoQuorum(format!(
+                AdminError::Refused(format!(
                     "node {id} ({addr}) did not take the step \"{step}\": {reason}; members that \
                      did still trust every certificate in use, so the cluster keeps working — \
                      run the command again once every member is up"

@@ -1342,16 +1342,25 @@ mod tests {
         };
         rejected_with(sm.apply(old_joiner), ErrorCode::Unsupported);
 
-        // A version beyond what this binary supports stops the node instead of being applied.
+        // A version beyond what this binary supports, which every member reported supporting
+        // (this binary was swapped for an older one), stops the node instead of being applied;
+        // while a member has not reported it, it is rejected like on every other node.
+        let too_new = SUPPORTED_CLUSTER_VERSION + 1;
+        let early = sm.apply(Command::SetClusterVersion { version: too_new });
+        rejected_with(early, ErrorCode::Conflict);
+        for node_id in [1, 2] {
+            sm.apply(Command::ReportNodeVersion {
+                node_id,
+                supported: too_new,
+            });
+        }
         let envelope = Envelope {
             version: ENVELOPE_VERSION,
             request_id: RequestId("too-new".into()),
             proposer: 1,
             actor: "test".into(),
             timestamp_ms: 1,
-            command: Command::SetClusterVersion {
-                version: SUPPORTED_CLUSTER_VERSION + 1,
-            },
+            command: Command::SetClusterVersion { version: too_new },
         };
         let txn = sm.db.begin_write().unwrap();
         assert!(matches!(

@@ -331,7 +331,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 pub struct Checkpoints {
     /// Every index divisible by this is a checkpoint (0: none).
     pub every: u64,
-    pub sink: tokio::sync::mpsc::UnboundedSender<(u64, redb::ReadTransaction)>,
+    /// Bounded: a checkpoint the taker has no room for is skipped rather than holding an old
+    /// read transaction (and redb's pages) while it catches up.
+    pub sink: tokio::sync::mpsc::Sender<(u64, redb::ReadTransaction)>,
 }
 
 /// Applies `entries` in durable write transactions — one per batch, split after each
@@ -358,8 +360,8 @@ fn apply_batch(
         {
             // No other writer exists: this read sees exactly the state after `last`.
             let txn = db.begin_read().map_err(storage)?;
-            if c.sink.send((last, txn)).is_err() {
-                tracing::debug!(index = last, "nobody takes state checkpoints any more");
+            if c.sink.try_send((last, txn)).is_err() {
+                tracing::debug!(index = last, "state checkpoint skipped: its taker is busy");
             }
         }
         rest = after;
@@ -375,7 +377,6 @@ fn apply_part(db: &Database, entries: &[Entry]) -> Result<Vec<CommandResult>, io
     let mut txn = db.begin_write().map_err(storage)?;
     txn.set_durability(Durability::Immediate).map_err(storage)?;
     let mut results = Vec::with_capacity(entries.len());
-    let mut membership = None;
     for entry in entries {
         let result = match entry.payload {
             EntryPayload::Blank => CommandResult::None,
@@ -389,7 +390,12 @@ fn apply_part(db: &Database, entries: &[Entry]) -> Result<Vec<CommandResult>, io
                 ))
             })?,
             EntryPayload::Membership(ref m) => {
-                membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                // Stored at once: a command later in the same batch (SetClusterVersion checks
+                // every member) must see it, whatever the batch boundaries on this node.
+                let membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                let mut meta = txn.open_table(SM_META).map_err(storage)?;
+                meta.insert(KEY_MEMBERSHIP, encode(&membership)?.as_slice())
+                    .map_err(storage)?;
                 CommandResult::None
             }
         };
@@ -399,10 +405,6 @@ fn apply_part(db: &Database, entries: &[Entry]) -> Result<Vec<CommandResult>, io
         let mut meta = txn.open_table(SM_META).map_err(storage)?;
         meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id))?.as_slice())
             .map_err(storage)?;
-        if let Some(membership) = membership {
-            meta.insert(KEY_MEMBERSHIP, encode(&membership)?.as_slice())
-                .map_err(storage)?;
-        }
     }
     txn.commit().map_err(storage)?;
     Ok(results)
@@ -885,11 +887,69 @@ mod tests {
         sm.apply(futures::stream::iter(items)).await.unwrap();
     }
 
+    /// A command sees a membership change applied earlier in the same batch: every node
+    /// decides the same, however its entries were batched. Here node 2 leaves and the version
+    /// is raised right after, in one batch; node 2 never reported, so the raise applies only
+    /// if the removal is visible.
+    #[tokio::test]
+    async fn a_command_sees_a_membership_change_earlier_in_its_batch() {
+        use crate::command::{Command, Envelope, RequestId};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachineStore::open(dir.path()).unwrap();
+        let members = |index: u64, ids: &[u64]| {
+            let nodes: BTreeMap<u64, NodeInfo> =
+                ids.iter().map(|id| (*id, NodeInfo::default())).collect();
+            let voters: BTreeSet<u64> = ids.iter().copied().collect();
+            Entry::new_membership(
+                log_id(1, index),
+                Membership::new(vec![voters], nodes).unwrap(),
+            )
+        };
+        let command = |index: u64, command: Command| {
+            Entry::new_normal(
+                log_id(1, index),
+                Envelope {
+                    version: crate::ENVELOPE_VERSION,
+                    request_id: RequestId(format!("r{index}")),
+                    proposer: 1,
+                    actor: "test".into(),
+                    timestamp_ms: 1,
+                    command,
+                },
+            )
+        };
+        let version = crate::versions::SUPPORTED_CLUSTER_VERSION;
+        apply_entries(
+            &mut sm,
+            vec![
+                members(1, &[1, 2]),
+                command(
+                    2,
+                    Command::ReportNodeVersion {
+                        node_id: 1,
+                        supported: version,
+                    },
+                ),
+            ],
+        )
+        .await;
+        apply_entries(
+            &mut sm,
+            vec![
+                members(3, &[1]),
+                command(4, Command::SetClusterVersion { version }),
+            ],
+        )
+        .await;
+        let txn = sm.db().begin_read().unwrap();
+        assert_eq!(crate::versions::cluster_version(&txn).unwrap(), version);
+    }
+
     /// A checkpoint sees exactly the state after its index, even inside one applied batch.
     #[tokio::test]
     async fn checkpoints_see_the_state_at_their_index() {
         let dir = tempfile::tempdir().unwrap();
-        let (sink, mut taken) = tokio::sync::mpsc::unbounded_channel();
+        let (sink, mut taken) = tokio::sync::mpsc::channel(4);
         let mut sm = StateMachineStore::open(dir.path())
             .unwrap()
             .with_checkpoints(Checkpoints { every: 10, sink });

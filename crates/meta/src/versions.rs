@@ -31,7 +31,9 @@ use crate::handle::MetaError;
 use crate::raft_types::StoredMembership;
 use crate::tables::{self, key, prefix};
 
-/// The cluster version of a cluster that never raised it.
+/// The cluster version of a cluster that never raised it: every command kind of the release
+/// that introduced versions (including the two version commands themselves). Binaries from
+/// before that release cannot join a cluster of later ones.
 pub const BASE_CLUSTER_VERSION: u32 = 1;
 /// The newest cluster version this binary can run: it decodes and applies every command kind
 /// introduced up to it.
@@ -122,14 +124,6 @@ pub(crate) fn set_cluster_version(
     if version <= running {
         return Ok(Ok(Outcome::Unchanged));
     }
-    if version > SUPPORTED_CLUSTER_VERSION {
-        // Every member reported supporting it before this was committed, so this binary was
-        // replaced by an older one since: it cannot apply what follows.
-        return Err(ApplyError::UnsupportedClusterVersion {
-            index: log_index,
-            version,
-        });
-    }
     let members = membership_from_meta(txn)?.unwrap_or_default();
     for id in &members {
         let k = key(&[NODE_VERSION, &padded(*id)]);
@@ -143,6 +137,15 @@ pub(crate) fn set_cluster_version(
                 ),
             )));
         }
+    }
+    if version > SUPPORTED_CLUSTER_VERSION {
+        // Every member reported supporting it, yet this binary does not: it was replaced by an
+        // older one since, and cannot apply what follows. (Checked after the members, so that
+        // a raise every node rejects does not stop a node.)
+        return Err(ApplyError::UnsupportedClusterVersion {
+            index: log_index,
+            version,
+        });
     }
     put_json(txn, tables::SM_META, KEY_CLUSTER_VERSION, &version)?;
     tracing::info!(version, "cluster version raised");

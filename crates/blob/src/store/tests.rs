@@ -756,8 +756,8 @@ async fn a_small_blob_stored_again_keeps_an_intact_copy_and_repairs_a_damaged_on
     assert_eq!(read_all(&store, &d, None).await, bytes);
 }
 
-/// Bytes in memory: the same small blob stored again is only looked up, but never trusted
-/// past a delete or a copy that went missing; a wrong digest is refused.
+/// Bytes in memory: the same small blob stored again is only compared with its copy, never
+/// trusted past a delete, a missing or a damaged copy; a wrong digest is refused.
 #[tokio::test]
 async fn ingest_bytes_reuses_a_durable_copy_only_while_it_is_there() {
     let dir = tempfile::tempdir().unwrap();
@@ -778,6 +778,13 @@ async fn ingest_bytes_reuses_a_durable_copy_only_while_it_is_there() {
         std::fs::metadata(&blob).unwrap().modified().unwrap(),
         placed
     );
+
+    // A damaged copy of the same size is not trusted: storing the bytes again repairs it.
+    let mut damaged = bytes.to_vec();
+    damaged[10] ^= 0xff;
+    std::fs::write(&blob, &damaged).unwrap();
+    assert_eq!(store.ingest_bytes(bytes.clone(), None).await.unwrap(), info);
+    assert_eq!(std::fs::read(&blob).unwrap(), bytes);
 
     // Deleted through the store, or removed behind its back: stored again.
     store.delete(&digest).await.unwrap();
