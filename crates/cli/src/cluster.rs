@@ -248,8 +248,8 @@ fn print_status(status: &Value) {
         );
     }
     println!(
-        "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6}",
-        "ID", "ROLE", "REGION", "CLUSTER ADDR", "CLIENT URL", "MATCHED", "LAG"
+        "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6} {:>8}",
+        "ID", "ROLE", "REGION", "CLUSTER ADDR", "CLIENT URL", "MATCHED", "LAG", "VERSION"
     );
     for m in status["members"].as_array().into_iter().flatten() {
         let opt = |v: &Value| match v.as_u64() {
@@ -258,7 +258,7 @@ fn print_status(status: &Value) {
         };
         let leader = if status["leader"] == m["id"] { "*" } else { "" };
         println!(
-            "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6}",
+            "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6} {:>8}",
             format!("{}{leader}", m["id"]),
             m["role"].as_str().unwrap_or_default(),
             m["region"].as_str().unwrap_or_default(),
@@ -266,6 +266,7 @@ fn print_status(status: &Value) {
             m["client_url"].as_str().unwrap_or_default(),
             opt(&m["matched_index"]),
             opt(&m["lag"]),
+            opt(&m["supported_version"]),
         );
     }
 }

@@ -519,6 +519,8 @@ impl Core {
                         .map(|log_id| log_id.index)
                 };
                 MemberStatus {
+                    // Filled in from the answering node's state.
+                    supported_version: None,
                     id: *id,
                     region: info.region.clone(),
                     addr: info.addr.clone(),

@@ -40,6 +40,10 @@ pub struct MemberStatus {
     /// How many entries it trails the leader's last log index; unknown while it has not
     /// answered since this leader took over.
     pub lag: Option<u64>,
+    /// The cluster version its binary reported supporting (none yet: the cluster version
+    /// cannot be raised until it reports).
+    #[serde(default)]
+    pub supported_version: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +173,7 @@ mod tests {
 
     fn member(id: NodeId, role: Role, lag: Option<u64>) -> MemberStatus {
         MemberStatus {
+            supported_version: None,
             id,
             region: "r".into(),
             addr: format!("127.0.0.1:{}", 7000 + id),

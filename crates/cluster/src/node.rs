@@ -760,6 +760,15 @@ impl ClusterNode {
             .map_err(|e| AdminError::Internal(e.to_string()))?;
         status.cluster_version = version;
         status.divergence = divergence;
+        use redb::ReadableDatabase as _;
+        let txn = self
+            .state
+            .begin_read()
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        for member in &mut status.members {
+            member.supported_version = wharf_meta::versions::node_version(&txn, member.id)
+                .map_err(|e| AdminError::Internal(e.to_string()))?;
+        }
         Ok(status)
     }
 

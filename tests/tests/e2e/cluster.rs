@@ -161,6 +161,30 @@ fn dev_nodes_3_starts_a_cluster_in_one_command() {
         .expect(201);
     assert!(tags(&n1, "dev/app").contains("v1"));
 
+    // Every member reports the version its binary supports, and the cluster runs the newest
+    // one by itself (DESIGN.md §1.1).
+    let cluster_status = || -> Value {
+        let out = Command::new(wharf_bin())
+            .args(["cluster", "status", "--json", "--endpoint"])
+            .arg(format!("http://127.0.0.1:{base}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = cluster_status();
+        let reported = v["members"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().all(|m| m["supported_version"] == 2));
+        if v["cluster_version"] == 2 && reported {
+            assert!(v["divergence"].is_null(), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster version not raised: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     signal(dev.id(), "INT");
     let deadline = Instant::now() + Duration::from_secs(60);
     while dev.try_wait().unwrap().is_none() {
