@@ -135,6 +135,16 @@ impl Conn {
             .header(header::HOST, &self.target.authority)
     }
 
+    /// Sends a bodiless `method` request for `path` (HEAD, POST starting an upload, GET).
+    pub async fn send_empty(
+        &mut self,
+        method: Method,
+        path: &str,
+    ) -> anyhow::Result<Response<Incoming>> {
+        let req = self.request(method, path).body(ReqBody::Empty)?;
+        self.send(req).await
+    }
+
     /// Sends `req` on this client's connection, opening one if there is none usable.
     pub async fn send(&mut self, req: Request<ReqBody>) -> anyhow::Result<Response<Incoming>> {
         let what = format!("{} {}", req.method(), req.uri());

@@ -66,12 +66,7 @@ pub async fn push(
     let len = src.len();
     let blob_path = format!("/v2/{name}/blobs/{digest}");
     let what = format!("HEAD {blob_path}");
-    let resp = conn
-        .send(
-            conn.request(Method::HEAD, &blob_path)
-                .body(ReqBody::Empty)?,
-        )
-        .await?;
+    let resp = conn.send_empty(Method::HEAD, &blob_path).await?;
     match resp.status() {
         StatusCode::NOT_FOUND => {
             client::drain(resp, &what).await?;
@@ -91,12 +86,7 @@ pub async fn push(
 
     let start_path = format!("/v2/{name}/blobs/uploads/");
     let what = format!("POST {start_path}");
-    let resp = conn
-        .send(
-            conn.request(Method::POST, &start_path)
-                .body(ReqBody::Empty)?,
-        )
-        .await?;
+    let resp = conn.send_empty(Method::POST, &start_path).await?;
     let resp = client::expect_status(resp, StatusCode::ACCEPTED, &what).await?;
     let location = client::location_path(client::header_str(resp.headers(), "location", &what)?)?;
     client::drain(resp, &what).await?;
@@ -134,12 +124,7 @@ pub async fn push(
 
     if pusher == Pusher::Docker {
         let what = format!("HEAD {blob_path} (after the upload)");
-        let resp = conn
-            .send(
-                conn.request(Method::HEAD, &blob_path)
-                    .body(ReqBody::Empty)?,
-            )
-            .await?;
+        let resp = conn.send_empty(Method::HEAD, &blob_path).await?;
         let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
         client::expect_header(resp.headers(), "content-length", &len.to_string(), &what)?;
         client::expect_header(resp.headers(), DIGEST, digest, &what)?;
@@ -250,9 +235,7 @@ impl Stored {
     ) -> anyhow::Result<(hyper::Response<hyper::body::Incoming>, String)> {
         let path = format!("/v2/{}/blobs/{}", self.name, self.digest);
         let what = format!("{method} {path}");
-        let resp = conn
-            .send(conn.request(method, &path).body(ReqBody::Empty)?)
-            .await?;
+        let resp = conn.send_empty(method, &path).await?;
         let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
         client::expect_header(
             resp.headers(),
