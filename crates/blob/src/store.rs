@@ -594,6 +594,13 @@ impl FsBlobStore {
         }
     }
 
+    /// The chunk hashes recorded for a stored blob (what a peer verifies a transfer against).
+    pub async fn chunk_list(&self, digest: &Digest) -> Result<ChunkList, BlobError> {
+        let inner = Arc::clone(&self.inner);
+        let digest = digest.clone();
+        blocking(move || inner.open_blob(&digest).map(|(_, chunks)| chunks)).await
+    }
+
     /// Opens blob `digest` for reading, whole or the inclusive byte `range` `(start, end)`
     /// (`end` is clamped to the last byte). The stream checks each 4 MiB chunk against the
     /// sidecar before yielding any of it; see [`BlobReader`].

@@ -103,6 +103,7 @@ impl pb::admin_server::Admin for AdminService {
             addr: join.cluster_addr,
             region: join.region,
             client_url: join.client_url,
+            blob_addr: join.blob_addr,
         };
         let admission = self
             .core

@@ -272,6 +272,7 @@ pub async fn join(
         token: token.trim().to_string(),
         cluster_addr: info.addr.clone(),
         client_url: info.client_url.clone(),
+        blob_addr: info.blob_addr.clone(),
         region: info.region.clone(),
         nonce: nonce.to_string(),
         supported_cluster_version: wharf_meta::versions::SUPPORTED_CLUSTER_VERSION,
@@ -718,6 +719,22 @@ impl ClusterNode {
         self.core.metrics().purged.map(|id| id.index)
     }
 
+    /// Every member of the configuration this node knows (voters and learners), with what the
+    /// configuration records about it.
+    pub fn members(&self) -> Vec<(NodeId, NodeInfo)> {
+        let m = self.core.metrics();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, info)| (*id, info.clone()))
+            .collect()
+    }
+
+    /// This node's cluster TLS (certificates that a rotation may replace), on a TLS cluster.
+    pub fn tls(&self) -> Option<Arc<ClusterTls>> {
+        self.core.tls.clone()
+    }
+
     /// When this node's cluster certificate expires (unix seconds), on a TLS cluster.
     pub fn cert_not_after(&self) -> Option<i64> {
         self.core.tls.as_ref().map(|t| t.not_after())
@@ -1048,6 +1065,7 @@ mod tests {
             addr: "127.0.0.1:7071".to_string(),
             region: "local".to_string(),
             client_url: "http://127.0.0.1:7070".to_string(),
+            blob_addr: String::new(),
         }
     }
 
@@ -1189,6 +1207,7 @@ mod tests {
                 addr: listen.to_string(),
                 region: format!("region-{node_id}"),
                 client_url: String::new(),
+                blob_addr: String::new(),
             },
             listen,
             timing: fast(),
@@ -1293,6 +1312,7 @@ mod tests {
                     addr: free_port().to_string(),
                     region: "r".to_string(),
                     client_url: String::new(),
+                    blob_addr: String::new(),
                 };
                 let nonce = format!("concurrent-joiner-{i}-0123456789");
                 join(&via, &token, &nonce, &info, Duration::from_secs(20)).await
@@ -1314,6 +1334,7 @@ mod tests {
                         addr: free_port().to_string(),
                         region: "r".to_string(),
                         client_url: String::new(),
+                        blob_addr: String::new(),
                     };
                     core.add_learner_once(id, &info, Duration::from_secs(20))
                         .await
@@ -1371,6 +1392,7 @@ mod tests {
                 addr: addrs[i].to_string(),
                 region: format!("region-{}", i + 1),
                 client_url: String::new(),
+                blob_addr: String::new(),
             };
             // Join through the newest member, which forwards to the leader if needed.
             let via = nodes.last().unwrap().cluster_addr().to_string();

@@ -449,7 +449,7 @@ pub fn joiner_client_config(ca_der: &[u8]) -> Result<Arc<rustls::ClientConfig>, 
 
 /// Whether `leaf` (already verified against the CA by the handshake) is node `node_id`'s
 /// certificate in cluster `cluster_id`.
-pub(crate) fn names_node(leaf: &CertificateDer<'_>, cluster_id: &str, node_id: NodeId) -> bool {
+pub fn names_node(leaf: &CertificateDer<'_>, cluster_id: &str, node_id: NodeId) -> bool {
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
         return false;
     };

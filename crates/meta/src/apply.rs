@@ -11,8 +11,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use wharf_types::{Digest, ErrorCode, Format, ImageName, NodeId, RepoName, Tag};
 
 use crate::command::{
-    Command, CommandResult, ENVELOPE_VERSION, Envelope, ManifestPut, Outcome, Rejection,
-    RepoSettings,
+    Command, CommandResult, ENVELOPE_VERSION, Envelope, HeldBlob, ManifestPut, Outcome,
+    Rejection, RepoSettings,
 };
 use crate::records::{
     BlobRecord, FileRecord, JoinTokenRecord, LinkRecord, ManifestRecord, RepoRecord, RequestRecord,
@@ -182,6 +182,11 @@ impl Ctx<'_> {
                 index,
                 sha256,
             } => crate::versions::report_state_hash(self.txn, *node_id, *index, sha256),
+            Command::HoldingsChanged {
+                node_id,
+                added,
+                removed,
+            } => self.holdings_changed(*node_id, added, removed),
         }
     }
 
@@ -680,13 +685,48 @@ impl Ctx<'_> {
         Ok(Ok(Outcome::Applied))
     }
 
+    /// Records a node's own holdings. A node outside the configuration holds nothing that
+    /// counts: its report changes nothing. A blob first heard of here (a copy pushed before its
+    /// upload was committed) gets its record, without any repository link.
+    fn holdings_changed(
+        &self,
+        node_id: NodeId,
+        added: &[HeldBlob],
+        removed: &[Digest],
+    ) -> Result<Verdict> {
+        let members = crate::versions::membership_from_meta(self.txn)?;
+        if members.is_some_and(|m| !m.contains(&node_id)) {
+            return Ok(Ok(Outcome::Unchanged));
+        }
+        let mut changed = false;
+        for blob in added {
+            changed |= self.record_blob(&blob.digest, blob.size, &blob.chunk_root, node_id)?;
+        }
+        for digest in removed {
+            let text = digest.to_string();
+            let k = text.as_bytes();
+            if let Some(mut record) = get_json::<BlobRecord>(self.txn, tables::BLOBS, k)?
+                && record.holders.remove(&node_id)
+            {
+                put_json(self.txn, tables::BLOBS, k, &record)?;
+                changed = true;
+            }
+        }
+        Ok(Ok(if changed {
+            Outcome::Applied
+        } else {
+            Outcome::Unchanged
+        }))
+    }
+
+    /// Adds `holder` to a blob's holders (creating its record); whether anything changed.
     fn record_blob(
         &self,
         digest: &Digest,
         size: u64,
         chunk_root: &Digest,
         holder: NodeId,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let text = digest.to_string();
         let k = text.as_bytes();
         let mut record =
@@ -697,8 +737,9 @@ impl Ctx<'_> {
             });
         if record.holders.insert(holder) {
             put_json(self.txn, tables::BLOBS, k, &record)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -1295,6 +1336,64 @@ mod tests {
         }
     }
 
+    /// Holdings (DESIGN.md §1.2): a node adds and removes only its own; a blob first heard of
+    /// through a holding gets a record without any link; a non-member's report changes nothing.
+    #[test]
+    fn holdings_change_only_for_members() {
+        let mut sm = Sm::new();
+        set_members(&sm, &[1, 2]);
+        for node_id in [1, 2] {
+            sm.apply(Command::ReportNodeVersion {
+                node_id,
+                supported: crate::versions::SUPPORTED_CLUSTER_VERSION,
+            });
+        }
+        sm.apply(Command::SetClusterVersion {
+            version: crate::versions::SUPPORTED_CLUSTER_VERSION,
+        });
+        let held = HeldBlob {
+            digest: digest(7),
+            size: 5,
+            chunk_root: digest(8),
+        };
+        let change = |node_id, added: Vec<HeldBlob>, removed: Vec<Digest>| {
+            Command::HoldingsChanged {
+                node_id,
+                added,
+                removed,
+            }
+        };
+        let holders = |sm: &Sm| {
+            let txn = sm.db.begin_read().unwrap();
+            crate::query::blob(&txn, &digest(7))
+                .unwrap()
+                .map(|r| r.holders.into_iter().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            sm.apply(change(2, vec![held.clone()], vec![])),
+            CommandResult::Ok(Outcome::Applied)
+        );
+        assert_eq!(holders(&sm), Some(vec![2]));
+        assert_eq!(
+            sm.apply(change(2, vec![held.clone()], vec![])),
+            CommandResult::Ok(Outcome::Unchanged)
+        );
+        assert_eq!(
+            sm.apply(change(9, vec![held.clone()], vec![])),
+            CommandResult::Ok(Outcome::Unchanged),
+            "node 9 is not a member"
+        );
+        sm.apply(change(1, vec![held], vec![]));
+        assert_eq!(holders(&sm), Some(vec![1, 2]));
+        sm.apply(change(2, vec![], vec![digest(7)]));
+        assert_eq!(holders(&sm), Some(vec![1]));
+        let txn = sm.db.begin_read().unwrap();
+        let (all, more) = crate::query::blobs_after(&txn, None, 10).unwrap();
+        assert_eq!((all.len(), more), (1, false));
+        let after = digest(7).to_string();
+        assert!(crate::query::blobs_after(&txn, Some(&after), 10).unwrap().0.is_empty());
+    }
+
     /// §1.1: a new command kind is used only after a committed cluster version allows it, and
     /// the version rises only once every member reported supporting it.
     #[test]
@@ -1326,7 +1425,10 @@ mod tests {
         assert_eq!(sm.apply(raise.clone()), CommandResult::Ok(Outcome::Applied));
         assert_eq!(sm.apply(raise), CommandResult::Ok(Outcome::Unchanged));
         let txn = sm.db.begin_read().unwrap();
-        assert_eq!(versions::cluster_version(&txn).unwrap(), 2);
+        assert_eq!(
+            versions::cluster_version(&txn).unwrap(),
+            SUPPORTED_CLUSTER_VERSION
+        );
         drop(txn);
 
         // A node whose binary is older than the running version cannot be admitted.

@@ -170,6 +170,22 @@ pub enum Command {
         index: u64,
         sha256: String,
     },
+    /// A node's own holdings changed: `added` blobs are fsync'd and verified on it, `removed`
+    /// ones are about to be unlinked (DESIGN.md §4). Only the node itself proposes this for its
+    /// id; holdings of a node outside the configuration are ignored.
+    HoldingsChanged {
+        node_id: NodeId,
+        added: Vec<HeldBlob>,
+        removed: Vec<Digest>,
+    },
+}
+
+/// A blob a node reports holding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub chunk_root: Digest,
 }
 
 impl Command {
@@ -190,6 +206,7 @@ impl Command {
             Command::ReportNodeVersion { .. } => "report_node_version",
             Command::SetClusterVersion { .. } => "set_cluster_version",
             Command::ReportStateHash { .. } => "report_state_hash",
+            Command::HoldingsChanged { .. } => "holdings_changed",
         }
     }
 }

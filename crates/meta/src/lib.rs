@@ -19,8 +19,8 @@ pub mod tables;
 pub mod versions;
 
 pub use command::{
-    Command, CommandResult, Consistency, ENVELOPE_VERSION, Envelope, ManifestPut, Outcome,
-    ReferrerDescriptor, Rejection, RepoSettings, RequestId,
+    Command, CommandResult, Consistency, ENVELOPE_VERSION, Envelope, HeldBlob, ManifestPut,
+    Outcome, ReferrerDescriptor, Rejection, RepoSettings, RequestId,
 };
 pub use handle::{MetaError, MetaHandle, ProposeContext};
 pub use log_store::{decode, encode};

@@ -124,6 +124,26 @@ pub fn blob(txn: &ReadTransaction, digest: &Digest) -> Result<Option<BlobRecord>
     get_json(txn, tables::BLOBS, digest.to_string().as_bytes())
 }
 
+/// Up to `limit` blob records after `after` (a digest string), in digest order, and whether
+/// more follow: for walking every blob in pages (replication, anti-entropy).
+pub fn blobs_after(
+    txn: &ReadTransaction,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<(Digest, BlobRecord)>, bool)> {
+    let (items, more) = list_under(txn, tables::BLOBS, b"", after, limit)?;
+    let records = items
+        .into_iter()
+        .map(|(text, bytes)| {
+            let digest = parse_digest(text.as_bytes())?;
+            let record = serde_json::from_slice(&bytes)
+                .map_err(|e| MetaError::Fatal(format!("corrupt blob record: {e}")))?;
+            Ok((digest, record))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((records, more))
+}
+
 /// A manifest stored under `name`.
 pub fn manifest(
     txn: &ReadTransaction,

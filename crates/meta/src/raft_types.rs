@@ -19,6 +19,27 @@ pub struct NodeInfo {
     /// The node's client (HTTP) URL, for `wharf cluster status`.
     #[serde(default)]
     pub client_url: String,
+    /// The node's blob-transfer (QUIC, UDP) address, `host:port`; empty in entries written
+    /// before replication existed, which means the cluster port + 1 (see [`Self::blob_addr`]).
+    #[serde(default)]
+    pub blob_addr: String,
+}
+
+impl NodeInfo {
+    /// Where the node's QUIC blob-transfer endpoint listens: `blob_addr`, or by default the
+    /// cluster address with the next port.
+    pub fn blob_addr(&self) -> String {
+        if !self.blob_addr.is_empty() {
+            return self.blob_addr.clone();
+        }
+        match self.addr.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) => format!("{host}:{}", port.wrapping_add(1)),
+                Err(_) => self.addr.clone(),
+            },
+            None => self.addr.clone(),
+        }
+    }
 }
 
 impl std::fmt::Display for NodeInfo {

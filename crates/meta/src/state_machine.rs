@@ -844,6 +844,7 @@ mod tests {
                 addr: "127.0.0.1:7071".into(),
                 region: "r1".into(),
                 client_url: "http://127.0.0.1:7070".into(),
+                blob_addr: String::new(),
             },
         )]);
         Entry::new_membership(

@@ -37,7 +37,7 @@ use crate::tables::{self, key, prefix};
 pub const BASE_CLUSTER_VERSION: u32 = 1;
 /// The newest cluster version this binary can run: it decodes and applies every command kind
 /// introduced up to it.
-pub const SUPPORTED_CLUSTER_VERSION: u32 = 2;
+pub const SUPPORTED_CLUSTER_VERSION: u32 = 3;
 /// How many checkpoints' reports are kept.
 const CHECKPOINTS_KEPT: usize = 16;
 
@@ -67,6 +67,7 @@ impl Command {
     pub fn since_version(&self) -> u32 {
         match self {
             Command::ReportStateHash { .. } => 2,
+            Command::HoldingsChanged { .. } => 3,
             _ => BASE_CLUSTER_VERSION,
         }
     }
@@ -152,7 +153,7 @@ pub(crate) fn set_cluster_version(
     Ok(Ok(Outcome::Applied))
 }
 
-fn membership_from_meta(txn: &WriteTransaction) -> Result<Option<Vec<NodeId>>, ApplyError> {
+pub(crate) fn membership_from_meta(txn: &WriteTransaction) -> Result<Option<Vec<NodeId>>, ApplyError> {
     let meta = txn.open_table(tables::SM_META)?;
     let Some(bytes) = meta.get(KEY_MEMBERSHIP)? else {
         return Ok(None);

@@ -132,6 +132,7 @@ impl InProcessCluster {
             addr: self.addrs[&id].to_string(),
             region: format!("region-{id}"),
             client_url: String::new(),
+            blob_addr: String::new(),
         }
     }
 
@@ -149,6 +150,7 @@ impl InProcessCluster {
                 addr: addr.to_string(),
                 region: format!("region-{id}"),
                 client_url: String::new(),
+                blob_addr: String::new(),
             },
             listen: addr,
             timing: self.timing.clone(),

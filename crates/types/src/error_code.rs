@@ -43,6 +43,9 @@ pub enum ErrorCode {
     /// The content exists in the cluster but its bytes are on other nodes only, and this node
     /// cannot fetch them (503 + Retry-After): never a false "not found".
     NotHeldHere,
+    /// Fewer than `durability.min_copies` members could store a verified copy of an upload
+    /// (503 + Retry-After): nothing was acknowledged (DESIGN.md §1.2).
+    NotEnoughCopies,
 }
 
 impl ErrorCode {
@@ -72,6 +75,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::InsufficientStorage,
         ErrorCode::NotHeldHere,
+        ErrorCode::NotEnoughCopies,
     ];
 
     /// The code whose wire string is `s`, if any.
@@ -107,6 +111,7 @@ impl ErrorCode {
             Internal => "INTERNAL",
             InsufficientStorage => "INSUFFICIENT_STORAGE",
             NotHeldHere => "NOT_HELD_HERE",
+            NotEnoughCopies => "NOT_ENOUGH_COPIES",
         }
     }
 }

@@ -1,0 +1,296 @@
+//! The node's workers: the holdings reporter (this node's `HoldingsChanged` commands, batched)
+//! and the resync worker (fetch what this node should hold; keep holdings equal to the disk).
+//!
+//! The resync worker's queue is the state machine itself: every blob record whose holders lack
+//! this node is work to do, so the queue survives restarts and a healed partition without a
+//! file of its own. Each round walks the records in pages; failures back off exponentially
+//! per digest (1 s doubling to 5 min, in memory: a restart retries at once).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use wharf_meta::{Command, CommandResult, HeldBlob, ProposeContext, RequestId};
+use wharf_types::Digest;
+
+use crate::transfer::HoldingChange;
+use crate::{ReplicationError, Replicator};
+
+/// How often the worker looks for work when nothing was applied meanwhile.
+const IDLE_ROUND: Duration = Duration::from_secs(5);
+/// How often it checks the round's trigger (a newly applied index).
+const POLL: Duration = Duration::from_millis(200);
+/// How often held copies are checked against the disk (anti-entropy).
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// Fetches one round runs at once.
+const CONCURRENT_FETCHES: usize = 4;
+/// Records read per page.
+const PAGE: usize = 1000;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Changes gathered into one command.
+const BATCH_MAX: usize = 512;
+/// How long the reporter waits for more changes before proposing.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+impl Replicator {
+    /// Queues a change of this node's holdings for the reporter.
+    pub(crate) fn report(&self, change: HoldingChange) {
+        let _ = self.holdings.send(change);
+    }
+
+    async fn propose_holdings(
+        &self,
+        added: Vec<HeldBlob>,
+        removed: Vec<Digest>,
+    ) -> Result<(), ReplicationError> {
+        let ctx = ProposeContext {
+            request_id: RequestId(format!(
+                "holdings-{}-{:032x}",
+                self.node_id,
+                rand::random::<u128>()
+            )),
+            actor: format!("node-{}", self.node_id),
+        };
+        let command = Command::HoldingsChanged {
+            node_id: self.node_id,
+            added,
+            removed,
+        };
+        match self.meta.propose(ctx, command).await? {
+            CommandResult::Rejected(r) => Err(ReplicationError::Setup(format!(
+                "holdings not recorded: {}: {}",
+                r.code, r.message
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records at once that this node no longer holds `digest` (before its file changes).
+    pub(crate) async fn remove_holding_now(&self, digest: &Digest) -> Result<(), ReplicationError> {
+        self.propose_holdings(Vec::new(), vec![digest.clone()]).await
+    }
+}
+
+/// Proposes this node's holding changes in batches; a batch that fails is retried (with what
+/// arrived meanwhile) until it is committed.
+pub(crate) async fn report_holdings(
+    me: Weak<Replicator>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<HoldingChange>,
+) {
+    let mut added: HashMap<Digest, HeldBlob> = HashMap::new();
+    let mut removed: HashMap<Digest, ()> = HashMap::new();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if added.is_empty() && removed.is_empty() {
+            match changes.recv().await {
+                Some(change) => take(change, &mut added, &mut removed),
+                None => return,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while added.len() + removed.len() < BATCH_MAX {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Some(change)) => take(change, &mut added, &mut removed),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Some(replicator) = me.upgrade() else {
+            return;
+        };
+        let batch_added: Vec<HeldBlob> = added.values().cloned().collect();
+        let batch_removed: Vec<Digest> = removed.keys().cloned().collect();
+        match replicator
+            .propose_holdings(batch_added.clone(), batch_removed.clone())
+            .await
+        {
+            Ok(()) => {
+                for blob in &batch_added {
+                    added.remove(&blob.digest);
+                }
+                for digest in &batch_removed {
+                    removed.remove(digest);
+                }
+                backoff = BACKOFF_MIN;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "holdings not recorded yet; retrying");
+                drop(replicator);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn take(
+    change: HoldingChange,
+    added: &mut HashMap<Digest, HeldBlob>,
+    removed: &mut HashMap<Digest, ()>,
+) {
+    match change {
+        HoldingChange::Add(blob) => {
+            removed.remove(&blob.digest);
+            added.insert(blob.digest.clone(), blob);
+        }
+        HoldingChange::Remove(digest) => {
+            added.remove(&digest);
+            removed.insert(digest, ());
+        }
+    }
+}
+
+/// Per-digest retry state of the resync worker.
+struct Backoff {
+    next_try: Instant,
+    wait: Duration,
+}
+
+/// The resync worker: after every applied change (and every few seconds), fetches the blobs
+/// this node should hold and lacks; about once a minute, checks that what its holdings claim
+/// is on its disk, and records what the disk has that its holdings lack.
+pub(crate) async fn run(me: Weak<Replicator>) {
+    let mut seen_index = None;
+    let mut last_round = Instant::now() - IDLE_ROUND;
+    let mut last_disk_check = Instant::now() - DISK_CHECK_EVERY;
+    let mut backoff: HashMap<Digest, Backoff> = HashMap::new();
+    let mut tls_files = None;
+    loop {
+        tokio::time::sleep(POLL).await;
+        let Some(replicator) = me.upgrade() else {
+            return;
+        };
+        replicator.refresh_server_tls(&mut tls_files);
+        let index = replicator.cluster.applied_index();
+        if index == seen_index && last_round.elapsed() < IDLE_ROUND {
+            continue;
+        }
+        seen_index = index;
+        last_round = Instant::now();
+        let check_disk = last_disk_check.elapsed() >= DISK_CHECK_EVERY;
+        if check_disk {
+            last_disk_check = Instant::now();
+        }
+        if let Err(e) = replicator.resync_round(&mut backoff, check_disk).await {
+            tracing::warn!(error = %e, "resync round failed");
+        }
+    }
+}
+
+impl Replicator {
+    /// Swaps the endpoint's server certificate after a rotation.
+    fn refresh_server_tls(&self, seen: &mut Option<(String, String)>) {
+        let Some(files) = self.security.files() else {
+            return;
+        };
+        let current = (files.ca_pem.clone(), files.node_pem.clone());
+        if seen.as_ref() == Some(&current) {
+            return;
+        }
+        if seen.is_some() {
+            match self.security.server_config(&self.windows) {
+                Ok(config) => {
+                    self.endpoint.set_server_config(Some(config));
+                    tracing::info!("blob-transfer endpoint uses the rotated certificates");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rotated certificates unusable for QUIC");
+                    return;
+                }
+            }
+        }
+        *seen = Some(current);
+    }
+
+    async fn resync_round(
+        self: &Arc<Self>,
+        backoff: &mut HashMap<Digest, Backoff>,
+        check_disk: bool,
+    ) -> Result<(), ReplicationError> {
+        use redb::ReadableDatabase as _;
+        let mut after: Option<String> = None;
+        let mut wanted = Vec::new();
+        let mut backlog = 0u64;
+        loop {
+            let (page, more) = {
+                let db = self.meta.state();
+                let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
+                wharf_meta::query::blobs_after(&txn, after.as_deref(), PAGE)?
+            };
+            for (digest, record) in &page {
+                let recorded = record.holders.contains(&self.node_id);
+                if recorded && !check_disk {
+                    continue;
+                }
+                let on_disk = match self.blobs.info(digest).await {
+                    Ok(info) => info.filter(|i| i.size == record.size),
+                    Err(_) => None,
+                };
+                match (recorded, on_disk) {
+                    (true, Some(_)) => {}
+                    (true, None) => {
+                        tracing::warn!(%digest, "holdings say this node holds a blob its disk lacks; fetching it again");
+                        self.report(HoldingChange::Remove(digest.clone()));
+                        backlog += 1;
+                        wanted.push((digest.clone(), record.clone()));
+                    }
+                    (false, Some(info)) => {
+                        if info.chunk_root == record.chunk_root {
+                            self.report(HoldingChange::Add(HeldBlob {
+                                digest: info.digest,
+                                size: info.size,
+                                chunk_root: info.chunk_root,
+                            }));
+                        }
+                    }
+                    (false, None) => {
+                        backlog += 1;
+                        wanted.push((digest.clone(), record.clone()));
+                    }
+                }
+            }
+            after = page.last().map(|(d, _)| d.to_string());
+            if !more || after.is_none() {
+                break;
+            }
+        }
+        self.counters.backlog.store(backlog, Ordering::Relaxed);
+        let now = Instant::now();
+        backoff.retain(|d, _| wanted.iter().any(|(w, _)| w == d));
+        let due: Vec<_> = wanted
+            .into_iter()
+            .filter(|(d, _)| backoff.get(d).is_none_or(|b| b.next_try <= now))
+            .collect();
+        let results = futures::stream::iter(due)
+            .map(|(digest, record)| {
+                let me = Arc::clone(self);
+                async move {
+                    let result = me.ensure_local(&digest, &record).await;
+                    (digest, result)
+                }
+            })
+            .buffer_unordered(CONCURRENT_FETCHES);
+        let results: Vec<_> = futures::StreamExt::collect(results).await;
+        for (digest, result) in results {
+            match result {
+                Ok(()) => {
+                    self.counters.resynced.fetch_add(1, Ordering::Relaxed);
+                    backoff.remove(&digest);
+                }
+                Err(e) => {
+                    let entry = backoff.entry(digest.clone()).or_insert(Backoff {
+                        next_try: now,
+                        wait: BACKOFF_MIN / 2,
+                    });
+                    entry.wait = (entry.wait * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                    entry.next_try = Instant::now() + entry.wait;
+                    tracing::debug!(%digest, error = %e, retry_in = ?entry.wait, "resync fetch failed");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+use futures::StreamExt as _;
