@@ -21,6 +21,8 @@ pub struct ClusterOpts {
     pub log_entries_kept: u64,
     /// Mutual TLS between the nodes (`cluster.tls = true`, even on loopback).
     pub tls: bool,
+    /// More TOML appended to every node's configuration (whole sections).
+    pub extra_config: String,
 }
 
 impl Default for ClusterOpts {
@@ -29,6 +31,7 @@ impl Default for ClusterOpts {
             snapshot_every_entries: 100_000,
             log_entries_kept: 20_000,
             tls: false,
+            extra_config: String::new(),
         }
     }
 }
@@ -131,14 +134,14 @@ impl TestCluster {
              auto_create_repos = true\n\n\
              [cluster]\nlisten = \"{cluster}\"\n{join}heartbeat_ms = 100\n\
              election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\
-             snapshot_every_entries = {snap}\nlog_entries_kept = {keep}\ntls = {tls}\n\n\
-             [durability]\nmin_copies = 1\n",
+             snapshot_every_entries = {snap}\nlog_entries_kept = {keep}\ntls = {tls}\n{extra}",
             client = member.client,
             cluster = member.cluster,
             region = REGIONS[(index - 1) % REGIONS.len()],
             snap = self.opts.snapshot_every_entries,
             keep = self.opts.log_entries_kept,
             tls = self.opts.tls,
+            extra = self.opts.extra_config,
         );
         std::fs::write(member.config_path(), config).unwrap();
         member

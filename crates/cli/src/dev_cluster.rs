@@ -53,9 +53,7 @@ impl DevNode {
              [server]\nlisten = \"{client}\"\ndata_dir = \".\"\nregion = \"{region}\"\n\
              auto_create_repos = true\n\n\
              [cluster]\nlisten = \"{cluster}\"\n{join}heartbeat_ms = 100\n\
-             election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\n\
-             [durability]\n# Blobs stay on the node they were pushed to until replication lands.\n\
-             min_copies = 1\n",
+             election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n",
             index = self.index,
             client = self.client,
             cluster = self.cluster,

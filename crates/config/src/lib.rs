@@ -45,6 +45,7 @@
 //! stream_window_bytes = 16777216                 # ≥ bandwidth × RTT of the longest link
 //! connection_window_bytes = 67108864
 //! max_bytes_in_flight = 268435456                # bytes being received at once, all transfers
+//! scrub_interval_secs = 86400                    # re-hash every stored blob this often (0: never)
 //!
 //! [read]
 //! max_staleness_ms = 1000                        # `bounded` repositories read locally within it
@@ -107,6 +108,9 @@ pub struct ReplicationConfig {
     pub connection_window_bytes: u64,
     /// Bytes this node receives from peers at once, over every transfer.
     pub max_bytes_in_flight: u64,
+    /// How often the scrubber re-hashes every blob this node holds and replaces a corrupt copy
+    /// from a peer (0: never).
+    pub scrub_interval_secs: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -117,6 +121,7 @@ impl Default for ReplicationConfig {
             stream_window_bytes: 16 * 1024 * 1024,
             connection_window_bytes: 64 * 1024 * 1024,
             max_bytes_in_flight: 256 * 1024 * 1024,
+            scrub_interval_secs: 24 * 60 * 60,
         }
     }
 }

@@ -20,6 +20,7 @@ use futures::Stream;
 use wharf_blob::BlobInfo;
 use wharf_meta::records::RepoRecord;
 use wharf_meta::{Command, CommandResult, MetaHandle, ProposeContext, RequestId, query};
+use wharf_replication::Replicator;
 use wharf_types::{Digest, ErrorCode, Format, NodeId, RepoName};
 
 pub use error::RegistryError;
@@ -86,6 +87,8 @@ pub struct Registry {
     documents: Arc<small_blobs::SmallBlobCache>,
     /// How stale a `bounded` repository's local state may be (DESIGN.md §1.5c).
     max_staleness: std::time::Duration,
+    /// Blob transfer between nodes (absent in a registry built without a cluster, in tests).
+    replication: Option<Arc<Replicator>>,
 }
 
 /// Default of `read.max_staleness` for `bounded` repositories.
@@ -120,7 +123,15 @@ impl Registry {
             reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS_IN_FLIGHT)),
             documents: Arc::default(),
             max_staleness: DEFAULT_MAX_STALENESS,
+            replication: None,
         }
+    }
+
+    /// Copies uploads to peers until `min_copies` hold them, and reads blobs this node lacks
+    /// through from their holders.
+    pub fn with_replication(mut self, replication: Arc<Replicator>) -> Self {
+        self.replication = Some(replication);
+        self
     }
 
     /// Sets `read.max_staleness` for `bounded` repositories.
@@ -141,9 +152,9 @@ impl Registry {
 
     /// The single door through which every format stores bytes: the blob is streamed, hashed,
     /// verified against `expected` (when given), fsync'd and renamed into place before this
-    /// returns. The caller then commits the command that references it.
-    ///
-    /// The cluster issues extend this function with copies to `min_copies` members.
+    /// returns, and copies are pushed to peers until `durability.min_copies` members of the
+    /// configuration hold verified, fsync'd bytes (else NOT_ENOUGH_COPIES, 503: nothing may be
+    /// acknowledged, DESIGN.md §1.2). The caller then commits the command that references it.
     pub async fn store_blob<S, E>(
         &self,
         source: BlobSource<S>,
@@ -182,6 +193,16 @@ impl Registry {
                 ErrorCode::SizeInvalid,
                 format!("received {} bytes, but {size} were declared", info.size),
             ));
+        }
+        if let Some(replication) = &self.replication {
+            let holders = self
+                .read(|t| query::blob(t, &info.digest))?
+                .map(|r| r.holders)
+                .unwrap_or_default();
+            replication
+                .ensure_copies(&info, &holders)
+                .await
+                .map_err(replication_error)?;
         }
         Ok(StoredBlob {
             info,
@@ -357,6 +378,11 @@ impl Registry {
         self.read_strong(query::repos).await
     }
 
+    /// A blob's cluster-wide record (size, chunk root, holders); a miss runs a read barrier.
+    pub async fn blob_record(&self, digest: &Digest) -> Result<Option<records::BlobRecord>> {
+        self.read_or_barrier(|t| query::blob(t, digest)).await
+    }
+
     /// The whole bytes of a small stored document (a manifest), verified chunk by chunk when
     /// read from disk and then kept in a bounded in-memory cache. The caller has already
     /// checked that the requester may see `digest`.
@@ -377,27 +403,73 @@ impl Registry {
         Ok(bytes)
     }
 
-    /// Opens the local copy of a blob. A blob the cluster knows but this node does not hold
-    /// (it was uploaded to another node) is NOT_HELD_HERE (503 + Retry-After), never a false
-    /// "unknown". Fetching it from a holder arrives with blob replication.
+    /// Opens a blob: the local copy, verified chunk by chunk; a blob the cluster knows but this
+    /// node lacks is read through from the nearest holder (or NOT_HELD_HERE, 503, when no
+    /// holder can send it: never a false "unknown"). A local copy whose first chunk fails its
+    /// check is dropped and the read moves to a holder; one that fails later aborts the
+    /// response and is repaired in the background (DESIGN.md §1.4).
     async fn open_local(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobReader> {
-        match self.blobs.read(digest, range).await {
-            Err(wharf_blob::BlobError::NotFound) => {
-                let record = self.read(|t| query::blob(t, digest))?;
-                match record {
-                    Some(r) if !r.holders.contains(&self.node_id) => Err(RegistryError::new(
-                        ErrorCode::NotHeldHere,
-                        format!(
-                            "{digest} is stored on node(s) {:?}, not on node {}; serving it from \
-                             another node needs blob replication, which is not built yet",
-                            r.holders, self.node_id
-                        ),
-                    )),
-                    _ => Err(wharf_blob::BlobError::NotFound.into()),
+        let mut reader = match self.blobs.read(digest, range).await {
+            Err(wharf_blob::BlobError::NotFound) => return self.open_remote(digest, range).await,
+            Err(wharf_blob::BlobError::Corrupt(corrupt)) => {
+                tracing::error!(%digest, reason = %corrupt.reason, "stored copy is corrupt");
+                if let Some(replication) = &self.replication {
+                    replication.drop_corrupt(digest).await;
+                    return self.open_remote(digest, range).await;
                 }
+                return Err(wharf_blob::BlobError::Corrupt(corrupt).into());
             }
-            other => other.map_err(Into::into),
+            other => other?,
+        };
+        let Some(replication) = self.replication.clone() else {
+            return Ok(reader);
+        };
+        let first = futures::StreamExt::next(&mut reader.stream).await;
+        if let Some(Err(e)) = &first
+            && is_corrupt(e)
+        {
+            replication.drop_corrupt(digest).await;
+            return self.open_remote(digest, range).await;
         }
+        let digest = digest.clone();
+        let rest = futures::StreamExt::then(reader.stream, move |item| {
+            let (replication, digest) = (replication.clone(), digest.clone());
+            async move {
+                if let Err(e) = &item
+                    && is_corrupt(e)
+                {
+                    replication.drop_corrupt(&digest).await;
+                }
+                item
+            }
+        });
+        reader.stream = Box::pin(futures::StreamExt::chain(futures::stream::iter(first), rest));
+        Ok(reader)
+    }
+
+    /// A blob this node does not hold: read through from a holder.
+    async fn open_remote(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobReader> {
+        let Some(record) = self.read(|t| query::blob(t, digest))? else {
+            return Err(wharf_blob::BlobError::NotFound.into());
+        };
+        let Some(replication) = &self.replication else {
+            return Err(RegistryError::new(
+                ErrorCode::NotHeldHere,
+                format!(
+                    "{digest} is stored on node(s) {:?}, not on node {}",
+                    record.holders, self.node_id
+                ),
+            ));
+        };
+        if let Some((start, _)) = range
+            && start >= record.size
+        {
+            return Err(wharf_blob::BlobError::RangeNotSatisfiable { size: record.size }.into());
+        }
+        replication
+            .read_through(digest, &record, range)
+            .await
+            .map_err(replication_error)
     }
 
     /// Opens a stored blob for reading (whole or an inclusive range), chunk-verified.
@@ -426,6 +498,17 @@ impl Registry {
         }));
         Ok(reader)
     }
+}
+
+/// A replication failure as the client sees it.
+fn replication_error(e: wharf_replication::ReplicationError) -> RegistryError {
+    RegistryError::new(e.code(), e.to_string())
+}
+
+/// Whether a read error is a chunk that failed its check.
+fn is_corrupt(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<wharf_blob::CorruptBlob>().is_some())
 }
 
 #[cfg(test)]

@@ -90,6 +90,8 @@ pub struct ReplicatorOptions {
     pub max_bytes_in_flight: u64,
     /// `durability.min_copies` (unset: 2, or 1 on a single-member cluster).
     pub min_copies: Option<u32>,
+    /// How often every held blob is re-hashed (`None`: never).
+    pub scrub_interval: Option<std::time::Duration>,
     pub blobs: FsBlobStore,
     pub meta: Arc<dyn MetaHandle>,
     pub cluster: Arc<dyn ClusterView>,
@@ -111,6 +113,8 @@ struct Counters {
     resynced: AtomicU64,
     /// Corrupt local copies dropped (then fetched again from a peer).
     corrupt_dropped: AtomicU64,
+    /// Blobs the scrubber re-hashed.
+    scrubbed: AtomicU64,
     /// Transfers from a peer that failed verification.
     verify_failures: AtomicU64,
 }
@@ -130,6 +134,7 @@ pub struct Replicator {
     meta: Arc<dyn MetaHandle>,
     cluster: Arc<dyn ClusterView>,
     min_copies: Option<u32>,
+    scrub_interval: Option<std::time::Duration>,
     connections: tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>,
     /// Receive buffers, in units of [`PERMIT_BYTES`].
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -170,6 +175,7 @@ impl Replicator {
             meta: opts.meta,
             cluster: opts.cluster,
             min_copies: opts.min_copies,
+            scrub_interval: opts.scrub_interval,
             connections: tokio::sync::Mutex::new(HashMap::new()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(permits)),
             fills: Mutex::new(HashMap::new()),
@@ -226,11 +232,13 @@ impl Replicator {
              # TYPE wharf_replication_backlog gauge\nwharf_replication_backlog{{node=\"{id}\"}} {}\n\
              # TYPE wharf_replication_resynced_total counter\nwharf_replication_resynced_total{{node=\"{id}\"}} {}\n\
              # TYPE wharf_replication_corrupt_dropped_total counter\nwharf_replication_corrupt_dropped_total{{node=\"{id}\"}} {}\n\
-             # TYPE wharf_replication_verify_failures_total counter\nwharf_replication_verify_failures_total{{node=\"{id}\"}} {}\n",
+             # TYPE wharf_replication_verify_failures_total counter\nwharf_replication_verify_failures_total{{node=\"{id}\"}} {}\n\
+             # TYPE wharf_replication_scrubbed_total counter\nwharf_replication_scrubbed_total{{node=\"{id}\"}} {}\n",
             c.backlog.load(Ordering::Relaxed),
             c.resynced.load(Ordering::Relaxed),
             c.corrupt_dropped.load(Ordering::Relaxed),
             c.verify_failures.load(Ordering::Relaxed),
+            c.scrubbed.load(Ordering::Relaxed),
         ));
         out
     }

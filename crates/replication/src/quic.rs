@@ -166,9 +166,9 @@ fn transport(windows: &Windows) -> Result<quinn::TransportConfig, QuicTlsError> 
     t.receive_window(varint(windows.connection)?);
     t.send_window(windows.connection);
     t.max_concurrent_bidi_streams(varint(1024)?);
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+        quinn::IdleTimeout::try_from(Duration::from_secs(10))
             .map_err(|e| QuicTlsError::Quic(e.to_string()))?,
     ));
     Ok(t)

@@ -156,6 +156,7 @@ pub(crate) async fn run(me: Weak<Replicator>) {
     let mut last_disk_check = Instant::now() - DISK_CHECK_EVERY;
     let mut backoff: HashMap<Digest, Backoff> = HashMap::new();
     let mut tls_files = None;
+    let mut last_scrub = Instant::now();
     loop {
         tokio::time::sleep(POLL).await;
         let Some(replicator) = me.upgrade() else {
@@ -175,10 +176,57 @@ pub(crate) async fn run(me: Weak<Replicator>) {
         if let Err(e) = replicator.resync_round(&mut backoff, check_disk).await {
             tracing::warn!(error = %e, "resync round failed");
         }
+        if replicator
+            .scrub_interval
+            .is_some_and(|every| last_scrub.elapsed() >= every)
+        {
+            last_scrub = Instant::now();
+            if let Err(e) = replicator.scrub().await {
+                tracing::warn!(error = %e, "scrub failed");
+            }
+        }
     }
 }
 
 impl Replicator {
+    /// The scrubber: re-hashes every blob this node holds (each chunk and the whole digest);
+    /// a corrupt copy is dropped from the holdings and replaced by a verified copy from a peer
+    /// (DESIGN.md §1.4). Runs in the resync task, one blob at a time.
+    async fn scrub(self: &Arc<Self>) -> Result<(), ReplicationError> {
+        use redb::ReadableDatabase as _;
+        let mut after: Option<String> = None;
+        let (mut checked, mut corrupt) = (0u64, 0u64);
+        loop {
+            let (page, more) = {
+                let db = self.meta.state();
+                let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
+                wharf_meta::query::blobs_after(&txn, after.as_deref(), PAGE)?
+            };
+            for (digest, record) in &page {
+                if !record.holders.contains(&self.node_id) {
+                    continue;
+                }
+                checked += 1;
+                self.counters.scrubbed.fetch_add(1, Ordering::Relaxed);
+                match self.blobs.verify(digest).await {
+                    Ok(_) | Err(wharf_blob::BlobError::NotFound) => {}
+                    Err(wharf_blob::BlobError::Corrupt(c)) => {
+                        corrupt += 1;
+                        tracing::error!(%digest, reason = %c.reason, "scrubber found a corrupt copy");
+                        self.drop_corrupt(digest).await;
+                    }
+                    Err(e) => tracing::warn!(%digest, error = %e, "scrubber could not read a blob"),
+                }
+            }
+            after = page.last().map(|(d, _)| d.to_string());
+            if !more || after.is_none() {
+                break;
+            }
+        }
+        tracing::info!(checked, corrupt, "scrub finished");
+        Ok(())
+    }
+
     /// Swaps the endpoint's server certificate after a rotation.
     fn refresh_server_tls(&self, seen: &mut Option<(String, String)>) {
         let Some(files) = self.security.files() else {

@@ -24,7 +24,7 @@ use crate::{PERMIT_BYTES, ReplicationError, Replicator, lock};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a peer may stay silent in the middle of a transfer (QUIC's idle timeout also
 /// catches a dead peer; this bounds a live but stuck one).
-const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+const STALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Stream reset code: the sender's own copy failed its check, or could not be read.
 const RESET_UNREADABLE: u32 = 1;
 /// Bytes one receiving transfer may buffer (a chunk being verified plus a write batch).

@@ -1,7 +1,9 @@
 //! The admin HTTP API under `/api/v1/` that `wharf repo …` talks to.
 //!
 //! `GET /api/v1/repos` lists repositories; `POST /api/v1/repos` creates one from
-//! `{"name","format","immutable","allow_sparse_index","consistency"}` (`strong` | `bounded`). Errors are `{"errors":[{code,message}]}`.
+//! `{"name","format","immutable","allow_sparse_index","consistency"}` (`strong` | `bounded`).
+//! `GET /api/v1/blobs/{digest}` shows a blob's record: size, chunk root and the members holding
+//! verified copies. Errors are `{"errors":[{code,message}]}`.
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -23,6 +25,7 @@ pub(crate) fn router(state: AdminState) -> Router {
             "/api/v1/repos",
             axum::routing::get(list_repos).post(create_repo),
         )
+        .route("/api/v1/blobs/{digest}", axum::routing::get(blob_record))
         .with_state(state)
 }
 
@@ -41,6 +44,34 @@ pub struct RepoView {
     pub created_ms: u64,
 }
 
+async fn blob_record(
+    State(state): State<AdminState>,
+    axum::extract::Path(digest): axum::extract::Path<String>,
+) -> Response {
+    let Ok(digest) = digest.parse::<wharf_types::Digest>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::DigestInvalid,
+            format!("{digest:?} is not a digest"),
+        );
+    };
+    match state.registry.blob_record(&digest).await {
+        Ok(Some(record)) => axum::Json(serde_json::json!({
+            "digest": digest.to_string(),
+            "size": record.size,
+            "chunk_root": record.chunk_root.to_string(),
+            "holders": record.holders,
+        }))
+        .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BlobUnknown,
+            format!("no blob {digest} is stored in the cluster"),
+        ),
+        Err(e) => registry_error(e),
+    }
+}
+
 pub(crate) fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     let body =
         serde_json::json!({ "errors": [{ "code": code.as_str(), "message": message.into() }] });
@@ -54,7 +85,9 @@ fn registry_error(e: RegistryError) -> Response {
         ErrorCode::NameInvalid | ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Denied => StatusCode::FORBIDDEN,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::NoQuorum | ErrorCode::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NoQuorum | ErrorCode::OutcomeUnknown | ErrorCode::NotHeldHere | ErrorCode::NotEnoughCopies => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::NameUnknown | ErrorCode::NotFound => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -22,6 +22,7 @@ use wharf_blob::FsBlobStore;
 use wharf_cluster::{ClusterNode, ClusterTls, NodeInfo, RaftTiming, StartMode, StartOptions};
 use wharf_config::Config;
 use wharf_registry::Registry;
+use wharf_replication::{Replicator, ReplicatorOptions, Security, Windows};
 
 pub use identity::NodeIdentity;
 
@@ -43,12 +44,15 @@ pub enum ServerError {
     Cluster(#[from] wharf_cluster::ClusterError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("blob replication: {0}")]
+    Replication(String),
 }
 
 /// Health facts shared with the `/readyz` and `/metrics` handlers.
 #[derive(Clone)]
 struct Health {
     cluster: Arc<ClusterNode>,
+    replication: Arc<Replicator>,
 }
 
 /// How a node may come up when its data directory is not part of a cluster yet.
@@ -123,6 +127,7 @@ async fn establish_identity(
             addr: config.cluster.advertised().to_string(),
             region: config.server.region.clone(),
             client_url: client_url(config),
+            blob_addr: config.replication_advertised().to_string(),
         };
         let nonce = identity::join_nonce(data_dir)?;
         let ticket = wharf_cluster::join(join, &token, &nonce, &info, JOIN_TIMEOUT).await?;
@@ -175,6 +180,7 @@ async fn start_cluster(
         addr: config.cluster.advertised().to_string(),
         region: identity.region.clone(),
         client_url: client_url(config),
+        blob_addr: config.replication_advertised().to_string(),
     };
     let tls = match wharf_cluster::tls::load(&config.server.data_dir).map_err(tls_error)? {
         Some(files) => Some(Arc::new(ClusterTls::new(files).map_err(tls_error)?)),
@@ -235,6 +241,7 @@ pub async fn run(
 
     let blobs = FsBlobStore::open(&data_dir, node_id)?;
     blobs.set_min_free(config.storage.min_free_bytes);
+    let replication = start_replication(&config, &cluster, &blobs)?;
     let registry = Registry::new(
         cluster.clone(),
         blobs.clone(),
@@ -242,21 +249,67 @@ pub async fn run(
         config.server.auto_create_repos,
         Arc::new(stop_on_fatal),
     )
-    .with_max_staleness(Duration::from_millis(config.read.max_staleness_ms));
+    .with_max_staleness(Duration::from_millis(config.read.max_staleness_ms))
+    .with_replication(replication.clone());
 
     let sweeper = tokio::spawn(sweep_uploads(
         blobs,
         Duration::from_secs(config.uploads.session_idle_timeout_secs),
     ));
-    let app = routes(&config, registry, cluster.clone(), node_id);
+    let app = routes(&config, registry, cluster.clone(), replication.clone(), node_id);
     let served = listener::serve(&config, app, shutdown).await;
     sweeper.abort();
+    replication.shutdown().await;
     cluster.shutdown().await;
     tracing::info!(node_id, "stopped");
     served
 }
 
-fn routes(config: &Config, registry: Registry, cluster: Arc<ClusterNode>, node_id: u64) -> Router {
+/// Starts this node's QUIC blob transfer: mutual TLS under the cluster CA, or on a loopback
+/// cluster without one, a throwaway certificate (DESIGN.md §2).
+fn start_replication(
+    config: &Config,
+    cluster: &Arc<ClusterNode>,
+    blobs: &FsBlobStore,
+) -> Result<Arc<Replicator>, ServerError> {
+    let security = match cluster.tls() {
+        Some(tls) => Security::Cluster {
+            cluster_id: cluster.cluster_id().to_string(),
+            tls,
+        },
+        None => Security::loopback().map_err(|e| ServerError::Tls(e.to_string()))?,
+    };
+    let r = &config.replication;
+    let identity = identity::load(&config.server.data_dir)?
+        .ok_or_else(|| ServerError::Identity("node.toml disappeared".into()))?;
+    Replicator::start(ReplicatorOptions {
+        node_id: cluster.node_id(),
+        region: identity.region,
+        listen: config.replication_listen(),
+        security,
+        windows: Windows {
+            stream: r.stream_window_bytes,
+            connection: r.connection_window_bytes,
+        },
+        max_bytes_in_flight: r.max_bytes_in_flight,
+        min_copies: config.durability.min_copies,
+        scrub_interval: (r.scrub_interval_secs > 0)
+            .then(|| Duration::from_secs(r.scrub_interval_secs)),
+        blobs: blobs.clone(),
+        meta: cluster.clone(),
+        cluster: cluster.clone(),
+        on_fatal: Arc::new(stop_on_fatal),
+    })
+    .map_err(|e| ServerError::Replication(e.to_string()))
+}
+
+fn routes(
+    config: &Config,
+    registry: Registry,
+    cluster: Arc<ClusterNode>,
+    replication: Arc<Replicator>,
+    node_id: u64,
+) -> Router {
     let oci = wharf_oci::router(wharf_oci::OciState {
         registry: registry.clone(),
         max_manifest_bytes: config.http.max_manifest_bytes,
@@ -283,7 +336,10 @@ fn routes(config: &Config, registry: Registry, cluster: Arc<ClusterNode>, node_i
         .route("/livez", axum::routing::get(|| async { "ok\n" }))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
-        .with_state(Health { cluster });
+        .with_state(Health {
+            cluster,
+            replication,
+        });
     Router::new()
         .merge(oci)
         .merge(generic)
@@ -326,7 +382,7 @@ async fn metrics(State(h): State<Health>) -> Response {
          # TYPE wharf_raft_purged_index gauge\nwharf_raft_purged_index{{node=\"{id}\"}} {purged}\n\
          # TYPE wharf_cluster_version gauge\nwharf_cluster_version{{node=\"{id}\"}} {cluster_version}\n\
          # HELP wharf_cluster_state_divergence 1 once two nodes reported different state hashes at the same index.\n\
-         # TYPE wharf_cluster_state_divergence gauge\nwharf_cluster_state_divergence{{node=\"{id}\"}} {diverged}\n{cert}",
+         # TYPE wharf_cluster_state_divergence gauge\nwharf_cluster_state_divergence{{node=\"{id}\"}} {diverged}\n{cert}{replication}",
         id = c.node_id(),
         ready = u8::from(c.is_ready()),
         term = c.current_term(),
@@ -336,6 +392,7 @@ async fn metrics(State(h): State<Health>) -> Response {
         snapshot = c.snapshot_index().unwrap_or(0),
         purged = c.purged_index().unwrap_or(0),
         diverged = u8::from(divergence.is_some()),
+        replication = h.replication.metrics_text(),
         cert = c.cert_not_after().map_or(String::new(), |t| format!(
             "# HELP wharf_cluster_cert_expiry_timestamp_seconds When this node's cluster certificate expires.\n\
              # TYPE wharf_cluster_cert_expiry_timestamp_seconds gauge\n\

@@ -15,6 +15,7 @@ mod helm;
 mod podman;
 mod power_loss;
 mod protocol;
+mod replication;
 mod skopeo;
 mod storage;
 mod tls;

@@ -1,0 +1,301 @@
+//! Blobs across the cluster (issue 5): copies to `min_copies` members before the ack, read-through
+//! from another node, convergence of a node that was away, corrupt copies never served and
+//! repaired, 503 when too few members can take a copy.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wharf_tests::cluster::{ClusterOpts, Member, TestCluster};
+use wharf_tests::oci::Layout;
+use wharf_tests::{ClientEnv, init_logging, run, sha256_digest};
+
+/// A layer this size spans two 4 MiB chunks.
+const TWO_CHUNKS: usize = 6 * 1024 * 1024;
+
+/// `GET /api/v1/blobs/{digest}` on member `i`: the node ids holding verified copies.
+fn holders(cluster: &TestCluster, i: usize, digest: &str) -> Vec<u64> {
+    let url = format!("{}/api/v1/blobs/{digest}", cluster.members[i].url());
+    let resp = reqwest::blocking::get(url).unwrap();
+    if resp.status() == 404 {
+        return Vec::new();
+    }
+    let v: Value = resp.json().unwrap();
+    v["holders"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no holders in {v}"))
+        .iter()
+        .map(|h| h.as_u64().unwrap())
+        .collect()
+}
+
+/// Waits until `check` holds, or fails with `what`.
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The path of blob `digest` in member `m`'s data directory.
+fn blob_file(m: &Member, digest: &str) -> std::path::PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    m.dir.join("data/blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut data = vec![0u8; n];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (Instant::now().elapsed().as_nanos() as u64);
+    for (i, b) in data.iter_mut().enumerate() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> (i % 8)) as u8;
+    }
+    data
+}
+
+/// Flips one byte of a stored blob file in place (as a failing disk would).
+fn flip_byte(path: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x5a;
+    file.write_all_at(&b, offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// GETs `path` from member `m`; `Ok(bytes)` only if the whole body arrived.
+fn get_body(m: &Member, path: &str, range: Option<&str>) -> (u16, Result<Vec<u8>, String>) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut rb = client.get(format!("{}{path}", m.url()));
+    if let Some(range) = range {
+        rb = rb.header("Range", range);
+    }
+    let resp = rb.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.bytes().map(|b| b.to_vec()).map_err(|e| format!("{e:?}")))
+}
+
+/// skopeo pushes to node 1 of a mutual-TLS cluster; right after the ack node 3 serves the
+/// image byte for byte; at least `min_copies` (2) members hold every blob at the ack; after
+/// node 1 is killed with -9, nodes 2 and 3 both hold every blob without anyone pulling from
+/// node 2, and node 2 serves the image.
+#[test]
+fn skopeo_push_on_one_node_pulls_from_another_and_survives_its_loss() {
+    init_logging();
+    let mut cluster = TestCluster::start(
+        3,
+        ClusterOpts {
+            tls: true,
+            ..ClusterOpts::default()
+        },
+    );
+    let env = ClientEnv::new(&cluster.members[0].client);
+    let layout = env.join("layout");
+    let image = wharf_tests::oci::write_layout(&layout, "v1", TWO_CHUNKS);
+    run(env
+        .skopeo()
+        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{}/team/app:v1", cluster.members[0].client)));
+    let mut digests = vec![image.manifest.digest.clone(), image.config.digest.clone()];
+    digests.extend(image.layers.iter().map(|l| l.digest.clone()));
+
+    tracing::info!("--- pulled from node 3 right after the ack: identical");
+    let pull = |from: &Member, dir: &str| {
+        let out = env.join(dir);
+        run(env
+            .skopeo()
+            .args(["copy", "--preserve-digests", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/team/app:v1", from.client))
+            .arg(format!("oci:{}:v1", out.display())));
+        let pulled = Layout::open(&out);
+        let back = pulled.image("v1");
+        assert_eq!(back.manifest.digest, image.manifest.digest);
+        assert_eq!(back.manifest_bytes, image.manifest_bytes);
+        for layer in &image.layers {
+            let bytes = pulled.blob(&layer.digest);
+            assert_eq!(sha256_digest(&bytes), layer.digest, "layer bytes");
+        }
+    };
+    pull(&cluster.members[2], "from-node3");
+
+    tracing::info!("--- every blob was on two members when the push was acknowledged");
+    for digest in &digests {
+        wait_until(
+            &format!("{digest} is recorded on 2 members"),
+            Duration::from_secs(10),
+            || holders(&cluster, 0, digest).len() >= 2,
+        );
+    }
+
+    tracing::info!("--- kill -9 node 1: nodes 2 and 3 end up holding everything, unasked");
+    let (id2, id3) = (cluster.members[1].node_id, cluster.members[2].node_id);
+    cluster.kill9(0);
+    for digest in &digests {
+        wait_until(
+            &format!("{digest} is held by nodes {id2} and {id3}"),
+            Duration::from_secs(30),
+            || {
+                let h = holders(&cluster, 1, digest);
+                h.contains(&id2) && h.contains(&id3)
+            },
+        );
+        assert!(blob_file(&cluster.members[1], digest).is_file());
+        assert!(blob_file(&cluster.members[2], digest).is_file());
+    }
+    pull(&cluster.members[1], "from-node2");
+}
+
+/// A node that was down while images were pushed fetches every blob after its restart, checked
+/// by its holdings and its disk, without a single read on it.
+#[test]
+fn a_node_that_was_away_converges_without_reads() {
+    init_logging();
+    let mut cluster = TestCluster::start(3, ClusterOpts::default());
+    cluster.kill9(2);
+    let http = cluster.members[0].http();
+    let mut digests = Vec::new();
+    for i in 0..3 {
+        let layer = random_bytes(300 * 1024 + i);
+        let config = format!("{{\"n\":{i}}}").into_bytes();
+        let l = http.push_blob("away/app", &layer);
+        let c = http.push_blob("away/app", &config);
+        let manifest = wharf_tests::ocihttp::image_manifest(
+            ("application/vnd.oci.image.config.v1+json", &c, config.len()),
+            &[("application/vnd.oci.image.layer.v1.tar", &l, layer.len())],
+        );
+        http.put_manifest(
+            "away/app",
+            &format!("v{i}"),
+            Some("application/vnd.oci.image.manifest.v1+json"),
+            &manifest,
+        )
+        .expect(201);
+        digests.extend([l, c, sha256_digest(&manifest)]);
+    }
+    let id3 = cluster.members[2].node_id;
+    for digest in &digests {
+        assert!(!holders(&cluster, 0, digest).contains(&id3));
+    }
+    cluster.restart(2);
+    for digest in &digests {
+        wait_until(
+            &format!("node {id3} holds {digest}"),
+            Duration::from_secs(30),
+            || holders(&cluster, 0, digest).contains(&id3),
+        );
+        assert!(blob_file(&cluster.members[2], digest).is_file());
+    }
+    assert_eq!(cluster.metric(2, "wharf_replication_backlog"), 0);
+}
+
+/// A flipped byte in a stored copy is never served: a read that meets it first is served from
+/// a good copy, one that meets it later is aborted; the copy is repaired, and the scrubber
+/// repairs one that nobody reads.
+#[test]
+fn a_corrupt_copy_is_never_served_and_is_repaired() {
+    init_logging();
+    let cluster = TestCluster::start(
+        3,
+        ClusterOpts {
+            extra_config: "[replication]\nscrub_interval_secs = 2\n".into(),
+            ..ClusterOpts::default()
+        },
+    );
+    let data = random_bytes(TWO_CHUNKS);
+    let digest = cluster.members[0].http().push_blob("corrupt/app", &data);
+    let ids: Vec<u64> = cluster.members.iter().map(|m| m.node_id).collect();
+    wait_until("every node holds the blob", Duration::from_secs(30), || {
+        let h = holders(&cluster, 0, &digest);
+        ids.iter().all(|id| h.contains(id))
+    });
+    let path = format!("/v2/corrupt/app/blobs/{digest}");
+    let repaired = |m: &Member| std::fs::read(blob_file(m, &digest)).unwrap() == data;
+
+    tracing::info!("--- node 2: first chunk damaged; whole read and range read");
+    let n2 = &cluster.members[1];
+    flip_byte(&blob_file(n2, &digest), 100);
+    let (status, body) = get_body(n2, &path, None);
+    if let Ok(body) = &body {
+        assert_eq!(status, 200);
+        assert!(body == &data, "node 2 completed a response with the wrong bytes");
+    }
+    wait_until("node 2's copy is repaired", Duration::from_secs(30), || {
+        repaired(n2)
+    });
+    flip_byte(&blob_file(n2, &digest), 50);
+    let (status, body) = get_body(n2, &path, Some("bytes=0-999"));
+    if let Ok(body) = &body {
+        assert_eq!(status, 206);
+        assert!(body == &data[..1000], "node 2 completed a range with the wrong bytes");
+    }
+    wait_until("node 2's copy is repaired again", Duration::from_secs(30), || {
+        repaired(n2)
+    });
+
+    tracing::info!("--- node 3: second chunk damaged; the response is aborted, never completed");
+    let n3 = &cluster.members[2];
+    flip_byte(&blob_file(n3, &digest), 5 * 1024 * 1024);
+    let (_, body) = get_body(n3, &path, None);
+    if let Ok(body) = &body {
+        assert!(body == &data, "node 3 completed a response with the wrong bytes");
+    }
+    wait_until("node 3's copy is repaired", Duration::from_secs(30), || {
+        repaired(n3)
+    });
+
+    tracing::info!("--- node 1: damaged and never read; the scrubber repairs it");
+    let n1 = &cluster.members[0];
+    flip_byte(&blob_file(n1, &digest), 4 * 1024 * 1024 + 7);
+    wait_until("the scrubber repairs node 1's copy", Duration::from_secs(30), || {
+        repaired(n1)
+    });
+    assert!(cluster.metric(0, "wharf_replication_corrupt_dropped_total") >= 1);
+}
+
+/// With `min_copies = 3` and one of three members stopped, an upload gets 503
+/// NOT_ENOUGH_COPIES (nothing acknowledged); once the member is back, the same upload succeeds.
+#[test]
+fn an_upload_that_cannot_reach_min_copies_gets_503() {
+    init_logging();
+    let mut cluster = TestCluster::start(
+        3,
+        ClusterOpts {
+            extra_config: "[durability]\nmin_copies = 3\n".into(),
+            ..ClusterOpts::default()
+        },
+    );
+    let http = cluster.members[0].http();
+    http.push_blob("copies/app", b"three copies");
+    cluster.kill9(2);
+    let data = random_bytes(64 * 1024);
+    let digest = sha256_digest(&data);
+    let resp = http.send(
+        http.req("POST", &format!("/v2/copies/app/blobs/uploads/?digest={digest}"))
+            .body(data.clone()),
+    );
+    assert_eq!(resp.status, 503, "{}", resp.text_excerpt());
+    assert!(
+        resp.text_excerpt().contains("NOT_ENOUGH_COPIES"),
+        "{}",
+        resp.text_excerpt()
+    );
+    http.call("HEAD", &format!("/v2/copies/app/blobs/{digest}"))
+        .expect(404);
+    cluster.restart(2);
+    let digest_again = http.push_blob("copies/app", &data);
+    assert_eq!(digest_again, digest);
+    wait_until("three members hold the upload", Duration::from_secs(10), || {
+        holders(&cluster, 0, &digest).len() == 3
+    });
+}
