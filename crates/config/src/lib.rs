@@ -507,8 +507,9 @@ mod tests {
         Config::parse(ok).unwrap().validate().unwrap();
         let c = Config::parse("[cluster]\nlisten = \"10.0.0.1:7171\"\n").unwrap();
         assert_eq!(c.replication_listen().to_string(), "10.0.0.1:7172");
-        let c = Config::parse("[cluster]\nlisten = \"0.0.0.0:7071\"\nadvertise = \"10.0.0.5:7071\"\n")
-            .unwrap();
+        let c =
+            Config::parse("[cluster]\nlisten = \"0.0.0.0:7071\"\nadvertise = \"10.0.0.5:7071\"\n")
+                .unwrap();
         assert_eq!(c.replication_advertised().to_string(), "10.0.0.5:7072");
     }
 

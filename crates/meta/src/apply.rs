@@ -11,8 +11,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use wharf_types::{Digest, ErrorCode, Format, ImageName, NodeId, RepoName, Tag};
 
 use crate::command::{
-    Command, CommandResult, ENVELOPE_VERSION, Envelope, HeldBlob, ManifestPut, Outcome,
-    Rejection, RepoSettings,
+    Command, CommandResult, ENVELOPE_VERSION, Envelope, HeldBlob, ManifestPut, Outcome, Rejection,
+    RepoSettings,
 };
 use crate::records::{
     BlobRecord, FileRecord, JoinTokenRecord, LinkRecord, ManifestRecord, RepoRecord, RequestRecord,
@@ -1356,13 +1356,12 @@ mod tests {
             size: 5,
             chunk_root: digest(8),
         };
-        let change = |node_id, added: Vec<HeldBlob>, removed: Vec<Digest>| {
-            Command::HoldingsChanged {
+        let change =
+            |node_id, added: Vec<HeldBlob>, removed: Vec<Digest>| Command::HoldingsChanged {
                 node_id,
                 added,
                 removed,
-            }
-        };
+            };
         let holders = |sm: &Sm| {
             let txn = sm.db.begin_read().unwrap();
             crate::query::blob(&txn, &digest(7))
@@ -1391,7 +1390,12 @@ mod tests {
         let (all, more) = crate::query::blobs_after(&txn, None, 10).unwrap();
         assert_eq!((all.len(), more), (1, false));
         let after = digest(7).to_string();
-        assert!(crate::query::blobs_after(&txn, Some(&after), 10).unwrap().0.is_empty());
+        assert!(
+            crate::query::blobs_after(&txn, Some(&after), 10)
+                .unwrap()
+                .0
+                .is_empty()
+        );
     }
 
     /// §1.1: a new command kind is used only after a committed cluster version allows it, and

@@ -153,7 +153,9 @@ pub(crate) fn set_cluster_version(
     Ok(Ok(Outcome::Applied))
 }
 
-pub(crate) fn membership_from_meta(txn: &WriteTransaction) -> Result<Option<Vec<NodeId>>, ApplyError> {
+pub(crate) fn membership_from_meta(
+    txn: &WriteTransaction,
+) -> Result<Option<Vec<NodeId>>, ApplyError> {
     let meta = txn.open_table(tables::SM_META)?;
     let Some(bytes) = meta.get(KEY_MEMBERSHIP)? else {
         return Ok(None);

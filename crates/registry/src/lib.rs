@@ -443,7 +443,10 @@ impl Registry {
                 item
             }
         });
-        reader.stream = Box::pin(futures::StreamExt::chain(futures::stream::iter(first), rest));
+        reader.stream = Box::pin(futures::StreamExt::chain(
+            futures::stream::iter(first),
+            rest,
+        ));
         Ok(reader)
     }
 

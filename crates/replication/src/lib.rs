@@ -50,7 +50,9 @@ impl ClusterView for ClusterNode {
 pub enum ReplicationError {
     #[error("no member other than this node holds {0}")]
     NoHolder(Digest),
-    #[error("{have} of the {needed} copies required (durability.min_copies) could be made: {reason}")]
+    #[error(
+        "{have} of the {needed} copies required (durability.min_copies) could be made: {reason}"
+    )]
     NotEnoughCopies {
         have: usize,
         needed: usize,
@@ -154,9 +156,15 @@ impl Replicator {
     /// worker.
     pub fn start(opts: ReplicatorOptions) -> Result<Arc<Replicator>, ReplicationError> {
         let setup = |e: &dyn std::fmt::Display| ReplicationError::Setup(e.to_string());
-        let server = opts.security.server_config(&opts.windows).map_err(|e| setup(&e))?;
+        let server = opts
+            .security
+            .server_config(&opts.windows)
+            .map_err(|e| setup(&e))?;
         let endpoint = quinn::Endpoint::server(server, opts.listen).map_err(|e| {
-            ReplicationError::Setup(format!("cannot bind the QUIC endpoint on {}: {e}", opts.listen))
+            ReplicationError::Setup(format!(
+                "cannot bind the QUIC endpoint on {}: {e}",
+                opts.listen
+            ))
         })?;
         let permits = usize::try_from(opts.max_bytes_in_flight / PERMIT_BYTES)
             .unwrap_or(usize::MAX)
@@ -185,7 +193,10 @@ impl Replicator {
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
-            tokio::spawn(transfer::serve(Arc::downgrade(&replicator), replicator.endpoint.clone())),
+            tokio::spawn(transfer::serve(
+                Arc::downgrade(&replicator),
+                replicator.endpoint.clone(),
+            )),
             tokio::spawn(resync::report_holdings(
                 Arc::downgrade(&replicator),
                 reports,
@@ -209,7 +220,8 @@ impl Replicator {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutting down");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
             .await;
     }

@@ -34,11 +34,7 @@ pub fn nearest_first(holders: &[Peer], my_region: &str) -> Vec<NodeId> {
 /// Members to push a copy to, in order of preference, so that `have` (members already holding
 /// verified bytes) reaches `needed`: members that lack it, regions not yet covered first (a
 /// copy in another region survives the loss of one), then the nearest.
-pub fn push_targets(
-    members: &[Peer],
-    have: &BTreeSet<NodeId>,
-    my_region: &str,
-) -> Vec<NodeId> {
+pub fn push_targets(members: &[Peer], have: &BTreeSet<NodeId>, my_region: &str) -> Vec<NodeId> {
     let covered: BTreeSet<&str> = members
         .iter()
         .filter(|p| have.contains(&p.id))

@@ -57,9 +57,9 @@ impl Request {
     /// The node that sent the request (checked against its certificate).
     pub fn from(&self) -> NodeId {
         match self {
-            Request::Have { from, .. } | Request::Fetch { from, .. } | Request::Push { from, .. } => {
-                *from
-            }
+            Request::Have { from, .. }
+            | Request::Fetch { from, .. }
+            | Request::Push { from, .. } => *from,
         }
     }
 }
@@ -184,7 +184,10 @@ mod tests {
         assert_eq!(decode::<Request>(&frame[5..]).unwrap(), request);
         assert_eq!(request.from(), 2);
         assert_eq!(check_version(2), Err(FrameError::Version(2)));
-        assert!(matches!(check_length(MAX_FRAME + 1), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            check_length(MAX_FRAME + 1),
+            Err(FrameError::TooLarge(_))
+        ));
         assert!(decode::<Response>(b"{\"op\":\"nope\"}").is_err());
         let hashes = vec![[7u8; 32], [9u8; 32]];
         assert_eq!(hashes_from_hex(&hashes_to_hex(&hashes)).unwrap(), hashes);

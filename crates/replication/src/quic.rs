@@ -103,12 +103,10 @@ impl Security {
             Security::Cluster { tls, .. } => {
                 let files = tls.files();
                 let roots = Arc::new(roots(&files)?);
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    roots,
-                    provider(),
-                )
-                .build()
-                .map_err(|e| QuicTlsError::Quic(e.to_string()))?;
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                        .build()
+                        .map_err(|e| QuicTlsError::Quic(e.to_string()))?;
                 rustls::ServerConfig::builder_with_provider(provider())
                     .with_protocol_versions(&[&rustls::version::TLS13])?
                     .with_client_cert_verifier(verifier)
@@ -118,10 +116,7 @@ impl Security {
                 rustls::ServerConfig::builder_with_provider(provider())
                     .with_protocol_versions(&[&rustls::version::TLS13])?
                     .with_no_client_auth()
-                    .with_single_cert(
-                        vec![cert.clone()],
-                        PrivateKeyDer::Pkcs8(key.clone_key()),
-                    )?
+                    .with_single_cert(vec![cert.clone()], PrivateKeyDer::Pkcs8(key.clone_key()))?
             }
         };
         tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -159,8 +154,7 @@ impl Security {
 /// Windows sized for long fat links, keep-alives so an idle connection survives NATs and
 /// notices a dead peer.
 fn transport(windows: &Windows) -> Result<quinn::TransportConfig, QuicTlsError> {
-    let varint =
-        |n: u64| quinn::VarInt::from_u64(n).map_err(|e| QuicTlsError::Quic(e.to_string()));
+    let varint = |n: u64| quinn::VarInt::from_u64(n).map_err(|e| QuicTlsError::Quic(e.to_string()));
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(varint(windows.stream)?);
     t.receive_window(varint(windows.connection)?);

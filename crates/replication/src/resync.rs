@@ -69,7 +69,8 @@ impl Replicator {
 
     /// Records at once that this node no longer holds `digest` (before its file changes).
     pub(crate) async fn remove_holding_now(&self, digest: &Digest) -> Result<(), ReplicationError> {
-        self.propose_holdings(Vec::new(), vec![digest.clone()]).await
+        self.propose_holdings(Vec::new(), vec![digest.clone()])
+            .await
     }
 }
 

@@ -61,7 +61,9 @@ async fn read_frame<T: for<'de> serde::Deserialize<'de>>(
         recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
         let len = protocol::check_length(u32::from_be_bytes(len)).map_err(|e| e.to_string())?;
         let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        recv.read_exact(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
         protocol::decode(&body).map_err(|e| e.to_string())
     };
     tokio::time::timeout(STALL_TIMEOUT, read)
@@ -214,7 +216,11 @@ impl Replicator {
             return;
         }
         if let Err(e) = protocol::check_version(version[0]) {
-            respond(&mut send, &error_response(ErrorCode::Unsupported, e.to_string())).await;
+            respond(
+                &mut send,
+                &error_response(ErrorCode::Unsupported, e.to_string()),
+            )
+            .await;
             let _ = send.finish();
             return;
         }
@@ -228,8 +234,12 @@ impl Replicator {
         };
         let from = request.from();
         if !self.security.peer_is(&connection, from) || !self.is_member(from) {
-            tracing::warn!(from, "blob-transfer request refused: not a member, or not who its certificate names");
-            let message = format!("node {from} is not a member, or its certificate does not name it");
+            tracing::warn!(
+                from,
+                "blob-transfer request refused: not a member, or not who its certificate names"
+            );
+            let message =
+                format!("node {from} is not a member, or its certificate does not name it");
             respond(&mut send, &error_response(ErrorCode::Denied, message)).await;
             let _ = send.finish();
             return;
@@ -347,7 +357,11 @@ impl Replicator {
             Ok(v) => v,
             Err(e) => return error_response(ErrorCode::BadRequest, e),
         };
-        let Ok(_permit) = self.in_flight.clone().acquire_many_owned(transfer_permits()).await
+        let Ok(_permit) = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(transfer_permits())
+            .await
         else {
             return error_response(ErrorCode::Internal, "shutting down");
         };
@@ -355,7 +369,13 @@ impl Replicator {
             Ok(s) => s,
             Err(e) => return error_response(e.code(), e.to_string()),
         };
-        respond(send, &Response::PushReady { already_held: false }).await;
+        respond(
+            send,
+            &Response::PushReady {
+                already_held: false,
+            },
+        )
+        .await;
         let body = verified_chunks(recv, verifier).map(|item| item.map(|(_, bytes)| bytes));
         if let Err(e) = self.blobs.append(&session, Some(0), body).await {
             let _ = self.blobs.cancel(&session).await;
@@ -422,7 +442,10 @@ impl Replicator {
         offset: u64,
     ) -> Result<(quinn::RecvStream, ChunkVerifier), ReplicationError> {
         let connection = self.connection(peer).await?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| peer_error(peer, e))?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| peer_error(peer, e))?;
         let request = Request::Fetch {
             from: self.node_id,
             digest: digest.clone(),
@@ -432,19 +455,25 @@ impl Replicator {
             .await
             .map_err(|e| peer_error(peer, e))?;
         let _ = send.finish();
-        let header: Response = read_frame(&mut recv).await.map_err(|e| peer_error(peer, e))?;
+        let header: Response = read_frame(&mut recv)
+            .await
+            .map_err(|e| peer_error(peer, e))?;
         let (size, chunk_size, hashes) = match header {
             Response::Fetch {
                 size,
                 chunk_size,
                 chunk_hashes,
             } => (size, chunk_size, chunk_hashes),
-            Response::Error { code, message } => return Err(peer_error(peer, format!("{code}: {message}"))),
+            Response::Error { code, message } => {
+                return Err(peer_error(peer, format!("{code}: {message}")));
+            }
             other => return Err(peer_error(peer, format!("unexpected answer {other:?}"))),
         };
         let hashes = protocol::hashes_from_hex(&hashes).map_err(|e| peer_error(peer, e))?;
         if size != record.size || chunk_root(&hashes) != record.chunk_root {
-            self.counters.verify_failures.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .verify_failures
+                .fetch_add(1, Ordering::Relaxed);
             return Err(peer_error(
                 peer,
                 format!("its chunk list of {digest} differs from the one committed"),
@@ -523,14 +552,20 @@ impl Replicator {
                         Ok::<_, io::Error>(bytes)
                     }
                 });
-                match self.blobs.append(&session, Some(offset), Box::pin(body)).await {
+                match self
+                    .blobs
+                    .append(&session, Some(offset), Box::pin(body))
+                    .await
+                {
                     Ok(_) => {
                         complete = true;
                         break 'holders;
                     }
                     Err(BlobError::Body(reason)) => {
                         if reason.contains("does not match") {
-                            self.counters.verify_failures.fetch_add(1, Ordering::Relaxed);
+                            self.counters
+                                .verify_failures
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                         tracing::info!(%digest, peer, %reason, "fetch interrupted; resuming from another holder");
                         failures.push(format!("node {peer}: {reason}"));
@@ -600,7 +635,9 @@ impl Replicator {
                 tracing::warn!(%digest, error = %e, "fetching a blob from its holders failed");
             }
             lock(&me.fills).remove(&digest);
-            let _ = status.send(FillStatus::Done(result.map(|_| ()).map_err(|e| e.to_string())));
+            let _ = status.send(FillStatus::Done(
+                result.map(|_| ()).map_err(|e| e.to_string()),
+            ));
         });
         (watch, stream)
     }
@@ -619,10 +656,7 @@ impl Replicator {
             .map(|s| s.clone());
         match done {
             Ok(FillStatus::Done(Ok(()))) => Ok(()),
-            Ok(FillStatus::Done(Err(message))) => Err(ReplicationError::Peer {
-                peer: 0,
-                message,
-            }),
+            Ok(FillStatus::Done(Err(message))) => Err(ReplicationError::Peer { peer: 0, message }),
             _ => Err(ReplicationError::Setup("the fetch stopped".into())),
         }
     }
@@ -723,11 +757,18 @@ impl Replicator {
         (peer, self.push_inner(peer, info).await)
     }
 
-    async fn push_inner(self: &Arc<Self>, peer: NodeId, info: &BlobInfo) -> Result<(), ReplicationError> {
+    async fn push_inner(
+        self: &Arc<Self>,
+        peer: NodeId,
+        info: &BlobInfo,
+    ) -> Result<(), ReplicationError> {
         let digest = &info.digest;
         let chunks = self.blobs.chunk_list(digest).await?;
         let connection = self.connection(peer).await?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| peer_error(peer, e))?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| peer_error(peer, e))?;
         let request = Request::Push {
             from: self.node_id,
             digest: digest.clone(),
@@ -738,10 +779,17 @@ impl Replicator {
         send.write_all(&protocol::encode_request(&request))
             .await
             .map_err(|e| peer_error(peer, e))?;
-        match read_frame::<Response>(&mut recv).await.map_err(|e| peer_error(peer, e))? {
+        match read_frame::<Response>(&mut recv)
+            .await
+            .map_err(|e| peer_error(peer, e))?
+        {
             Response::PushReady { already_held: true } => return Ok(()),
-            Response::PushReady { already_held: false } => {}
-            Response::Error { code, message } => return Err(peer_error(peer, format!("{code}: {message}"))),
+            Response::PushReady {
+                already_held: false,
+            } => {}
+            Response::Error { code, message } => {
+                return Err(peer_error(peer, format!("{code}: {message}")));
+            }
             other => return Err(peer_error(peer, format!("unexpected answer {other:?}"))),
         }
         let mut reader = self.blobs.read(digest, None).await?;
@@ -749,7 +797,9 @@ impl Replicator {
             match piece {
                 Ok(bytes) => {
                     let n = bytes.len() as u64;
-                    send.write_chunk(bytes).await.map_err(|e| peer_error(peer, e))?;
+                    send.write_chunk(bytes)
+                        .await
+                        .map_err(|e| peer_error(peer, e))?;
                     self.count_bytes(peer, 0, n);
                 }
                 Err(e) => {
@@ -762,9 +812,14 @@ impl Replicator {
             }
         }
         send.finish().map_err(|e| peer_error(peer, e))?;
-        match read_frame::<Response>(&mut recv).await.map_err(|e| peer_error(peer, e))? {
+        match read_frame::<Response>(&mut recv)
+            .await
+            .map_err(|e| peer_error(peer, e))?
+        {
             Response::Stored { .. } => Ok(()),
-            Response::Error { code, message } => Err(peer_error(peer, format!("{code}: {message}"))),
+            Response::Error { code, message } => {
+                Err(peer_error(peer, format!("{code}: {message}")))
+            }
             other => Err(peer_error(peer, format!("unexpected answer {other:?}"))),
         }
     }
@@ -772,7 +827,9 @@ impl Replicator {
     /// A local copy failed its check: it leaves this node's holdings (before anything else
     /// happens to the file) and a verified copy is fetched from a holder, replacing it.
     pub async fn drop_corrupt(self: &Arc<Self>, digest: &Digest) {
-        self.counters.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .corrupt_dropped
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(%digest, "stored copy is corrupt; dropping it from this node's holdings and fetching a good one");
         if let Err(e) = self.remove_holding_now(digest).await {
             tracing::warn!(%digest, error = %e, "could not record the dropped copy yet; the resync worker retries");

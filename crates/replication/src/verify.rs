@@ -88,7 +88,8 @@ impl ChunkVerifier {
             if self.at >= self.size {
                 return Err(VerifyError::TooLong { size: self.size });
             }
-            let want = usize::try_from(self.current_len()).unwrap_or(usize::MAX) - self.pending.len();
+            let want =
+                usize::try_from(self.current_len()).unwrap_or(usize::MAX) - self.pending.len();
             let take = want.min(data.len());
             self.pending.extend_from_slice(&data.split_to(take));
             if self.pending.len() as u64 == self.current_len() {
@@ -138,7 +139,9 @@ mod tests {
     use super::*;
 
     fn hashes(data: &[u8], chunk: usize) -> Vec<[u8; 32]> {
-        data.chunks(chunk).map(|c| Sha256::digest(c).into()).collect()
+        data.chunks(chunk)
+            .map(|c| Sha256::digest(c).into())
+            .collect()
     }
 
     #[test]

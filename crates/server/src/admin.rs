@@ -85,9 +85,10 @@ fn registry_error(e: RegistryError) -> Response {
         ErrorCode::NameInvalid | ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Denied => StatusCode::FORBIDDEN,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::NoQuorum | ErrorCode::OutcomeUnknown | ErrorCode::NotHeldHere | ErrorCode::NotEnoughCopies => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::NoQuorum
+        | ErrorCode::OutcomeUnknown
+        | ErrorCode::NotHeldHere
+        | ErrorCode::NotEnoughCopies => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::NameUnknown | ErrorCode::NotFound => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

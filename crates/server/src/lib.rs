@@ -256,7 +256,13 @@ pub async fn run(
         blobs,
         Duration::from_secs(config.uploads.session_idle_timeout_secs),
     ));
-    let app = routes(&config, registry, cluster.clone(), replication.clone(), node_id);
+    let app = routes(
+        &config,
+        registry,
+        cluster.clone(),
+        replication.clone(),
+        node_id,
+    );
     let served = listener::serve(&config, app, shutdown).await;
     sweeper.abort();
     replication.shutdown().await;

@@ -13,9 +13,11 @@ use wharf_tests::cluster::{ClusterOpts, TestCluster};
 use wharf_tests::ocihttp::{OciHttp, image_manifest};
 use wharf_tests::server::{free_addr, signal, wharf_bin};
 use wharf_tests::sha256_digest;
-use wharf_tests::{ClientEnv, init_logging, run};
+use wharf_tests::{init_logging, run};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The cluster version this build supports (and a fresh cluster reaches).
+const CLUSTER_VERSION: u64 = 3;
 
 /// Pushes a config and one layer into `name` on `http`; returns a manifest referencing them.
 fn manifest_with_blobs(http: &OciHttp, name: &str, seed: &str) -> Vec<u8> {
@@ -175,8 +177,8 @@ fn dev_nodes_3_starts_a_cluster_in_one_command() {
         let v = cluster_status();
         let reported = v["members"]
             .as_array()
-            .is_some_and(|ms| ms.iter().all(|m| m["supported_version"] == 2));
-        if v["cluster_version"] == 2 && reported {
+            .is_some_and(|ms| ms.iter().all(|m| m["supported_version"] == CLUSTER_VERSION));
+        if v["cluster_version"] == CLUSTER_VERSION && reported {
             assert!(v["divergence"].is_null(), "{v}");
             break;
         }
@@ -439,7 +441,7 @@ fn lagging_node_catches_up_from_a_snapshot() {
     for i in 0..3 {
         assert!(cluster.state_hash_report(i)["divergence"].is_null());
         assert_eq!(cluster.metric(i, "wharf_cluster_state_divergence"), 0);
-        assert_eq!(cluster.metric(i, "wharf_cluster_version"), 2);
+        assert_eq!(cluster.metric(i, "wharf_cluster_version"), CLUSTER_VERSION);
     }
 }
 

@@ -82,7 +82,12 @@ fn get_body(m: &Member, path: &str, range: Option<&str>) -> (u16, Result<Vec<u8>
     }
     let resp = rb.send().unwrap();
     let status = resp.status().as_u16();
-    (status, resp.bytes().map(|b| b.to_vec()).map_err(|e| format!("{e:?}")))
+    (
+        status,
+        resp.bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| format!("{e:?}")),
+    )
 }
 
 /// skopeo pushes to node 1 of a mutual-TLS cluster; right after the ack node 3 serves the
@@ -106,7 +111,10 @@ fn skopeo_push_on_one_node_pulls_from_another_and_survives_its_loss() {
         .skopeo()
         .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{}/team/app:v1", cluster.members[0].client)));
+        .arg(format!(
+            "docker://{}/team/app:v1",
+            cluster.members[0].client
+        )));
     let mut digests = vec![image.manifest.digest.clone(), image.config.digest.clone()];
     digests.extend(image.layers.iter().map(|l| l.digest.clone()));
 
@@ -228,7 +236,10 @@ fn a_corrupt_copy_is_never_served_and_is_repaired() {
     let (status, body) = get_body(n2, &path, None);
     if let Ok(body) = &body {
         assert_eq!(status, 200);
-        assert!(body == &data, "node 2 completed a response with the wrong bytes");
+        assert!(
+            body == &data,
+            "node 2 completed a response with the wrong bytes"
+        );
     }
     wait_until("node 2's copy is repaired", Duration::from_secs(30), || {
         repaired(n2)
@@ -237,18 +248,26 @@ fn a_corrupt_copy_is_never_served_and_is_repaired() {
     let (status, body) = get_body(n2, &path, Some("bytes=0-999"));
     if let Ok(body) = &body {
         assert_eq!(status, 206);
-        assert!(body == &data[..1000], "node 2 completed a range with the wrong bytes");
+        assert!(
+            body == &data[..1000],
+            "node 2 completed a range with the wrong bytes"
+        );
     }
-    wait_until("node 2's copy is repaired again", Duration::from_secs(30), || {
-        repaired(n2)
-    });
+    wait_until(
+        "node 2's copy is repaired again",
+        Duration::from_secs(30),
+        || repaired(n2),
+    );
 
     tracing::info!("--- node 3: second chunk damaged; the response is aborted, never completed");
     let n3 = &cluster.members[2];
     flip_byte(&blob_file(n3, &digest), 5 * 1024 * 1024);
     let (_, body) = get_body(n3, &path, None);
     if let Ok(body) = &body {
-        assert!(body == &data, "node 3 completed a response with the wrong bytes");
+        assert!(
+            body == &data,
+            "node 3 completed a response with the wrong bytes"
+        );
     }
     wait_until("node 3's copy is repaired", Duration::from_secs(30), || {
         repaired(n3)
@@ -257,9 +276,11 @@ fn a_corrupt_copy_is_never_served_and_is_repaired() {
     tracing::info!("--- node 1: damaged and never read; the scrubber repairs it");
     let n1 = &cluster.members[0];
     flip_byte(&blob_file(n1, &digest), 4 * 1024 * 1024 + 7);
-    wait_until("the scrubber repairs node 1's copy", Duration::from_secs(30), || {
-        repaired(n1)
-    });
+    wait_until(
+        "the scrubber repairs node 1's copy",
+        Duration::from_secs(30),
+        || repaired(n1),
+    );
     assert!(cluster.metric(0, "wharf_replication_corrupt_dropped_total") >= 1);
 }
 
@@ -281,8 +302,11 @@ fn an_upload_that_cannot_reach_min_copies_gets_503() {
     let data = random_bytes(64 * 1024);
     let digest = sha256_digest(&data);
     let resp = http.send(
-        http.req("POST", &format!("/v2/copies/app/blobs/uploads/?digest={digest}"))
-            .body(data.clone()),
+        http.req(
+            "POST",
+            &format!("/v2/copies/app/blobs/uploads/?digest={digest}"),
+        )
+        .body(data.clone()),
     );
     assert_eq!(resp.status, 503, "{}", resp.text_excerpt());
     assert!(
@@ -295,7 +319,9 @@ fn an_upload_that_cannot_reach_min_copies_gets_503() {
     cluster.restart(2);
     let digest_again = http.push_blob("copies/app", &data);
     assert_eq!(digest_again, digest);
-    wait_until("three members hold the upload", Duration::from_secs(10), || {
-        holders(&cluster, 0, &digest).len() == 3
-    });
+    wait_until(
+        "three members hold the upload",
+        Duration::from_secs(10),
+        || holders(&cluster, 0, &digest).len() == 3,
+    );
 }

@@ -57,7 +57,9 @@ impl From<RegistryError> for GenericError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => StatusCode::SERVICE_UNAVAILABLE,
+            NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Internal => {
                 tracing::error!(error = %e, "internal error");

@@ -110,7 +110,9 @@ fn default_status(code: ErrorCode) -> StatusCode {
         Denied => StatusCode::FORBIDDEN,
         Unsupported => StatusCode::METHOD_NOT_ALLOWED,
         TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-        NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => StatusCode::SERVICE_UNAVAILABLE,
+        NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         TagImmutable | Conflict | RepositoryExists => StatusCode::CONFLICT,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
         InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
@@ -126,7 +128,9 @@ fn wire_code(code: ErrorCode) -> (&'static str, Option<&'static str>) {
         | SizeInvalid | Unauthorized | Denied | Unsupported | TooManyRequests => {
             (code.as_str(), None)
         }
-        NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => ("TOOMANYREQUESTS", Some(code.as_str())),
+        NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
+            ("TOOMANYREQUESTS", Some(code.as_str()))
+        }
         TagImmutable | Conflict | RepositoryExists | InsufficientStorage => {
             ("DENIED", Some(code.as_str()))
         }
