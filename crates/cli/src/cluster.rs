@@ -248,8 +248,16 @@ fn print_status(status: &Value) {
         );
     }
     println!(
-        "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6} {:>8}",
-        "ID", "ROLE", "REGION", "CLUSTER ADDR", "CLIENT URL", "MATCHED", "LAG", "VERSION"
+        "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6} {:>8} {:>8}",
+        "ID",
+        "ROLE",
+        "REGION",
+        "CLUSTER ADDR",
+        "CLIENT URL",
+        "MATCHED",
+        "LAG",
+        "VERSION",
+        "BACKLOG"
     );
     for m in status["members"].as_array().into_iter().flatten() {
         let opt = |v: &Value| match v.as_u64() {
@@ -258,7 +266,7 @@ fn print_status(status: &Value) {
         };
         let leader = if status["leader"] == m["id"] { "*" } else { "" };
         println!(
-            "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6} {:>8}",
+            "{:<4} {:<8} {:<12} {:<22} {:<28} {:>8} {:>6} {:>8} {:>8}",
             format!("{}{leader}", m["id"]),
             m["role"].as_str().unwrap_or_default(),
             m["region"].as_str().unwrap_or_default(),
@@ -267,6 +275,7 @@ fn print_status(status: &Value) {
             opt(&m["matched_index"]),
             opt(&m["lag"]),
             opt(&m["supported_version"]),
+            opt(&m["backlog"]),
         );
     }
 }

@@ -521,6 +521,7 @@ impl Core {
                 MemberStatus {
                     // Filled in from the answering node's state.
                     supported_version: None,
+                    backlog: None,
                     id: *id,
                     region: info.region.clone(),
                     addr: info.addr.clone(),

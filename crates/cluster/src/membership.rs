@@ -44,6 +44,10 @@ pub struct MemberStatus {
     /// cannot be raised until it reports).
     #[serde(default)]
     pub supported_version: Option<u32>,
+    /// Blobs it does not hold yet that the answering node's state says it should (filled in by
+    /// the node that answers, from its holdings).
+    #[serde(default)]
+    pub backlog: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +178,7 @@ mod tests {
     fn member(id: NodeId, role: Role, lag: Option<u64>) -> MemberStatus {
         MemberStatus {
             supported_version: None,
+            backlog: None,
             id,
             region: "r".into(),
             addr: format!("127.0.0.1:{}", 7000 + id),

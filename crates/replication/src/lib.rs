@@ -8,6 +8,7 @@
 //! Start at [`Replicator::start`]; the wire protocol is in [`protocol`], chunk verification in
 //! [`verify`], and the pure choices (who to ask, whom to push to) in [`placement`].
 
+mod forward;
 pub mod placement;
 pub mod protocol;
 pub mod quic;
@@ -25,6 +26,7 @@ use wharf_cluster::{ClusterNode, NodeInfo};
 use wharf_meta::MetaHandle;
 use wharf_types::{Digest, ErrorCode, NodeId};
 
+pub use forward::{ForwardBody, ForwardHandler, ForwardRequest, Forwarded};
 pub use quic::{Security, Windows};
 pub use transfer::HoldingChange;
 
@@ -145,6 +147,7 @@ pub struct Replicator {
     holdings: tokio::sync::mpsc::UnboundedSender<HoldingChange>,
     counters: Counters,
     on_fatal: FatalHandler,
+    forward_handler: std::sync::OnceLock<ForwardHandler>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -190,6 +193,7 @@ impl Replicator {
             holdings,
             counters: Counters::default(),
             on_fatal: opts.on_fatal,
+            forward_handler: std::sync::OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![

@@ -11,6 +11,7 @@
 //! fetch  → Fetch{size, chunk_size, chunk_hashes} · bytes [offset, size)   (offset: a chunk boundary)
 //!          (a stream reset mid-way: the sender's copy failed its own check, or it stopped)
 //! push   → PushReady{already_held} · (client) bytes [0, size), finish → Stored{size}
+//! forward · (client) request body, finish → Forwarded{status, headers} · response body
 //! any    → Error{code, message}
 //! ```
 //!
@@ -51,6 +52,14 @@ pub enum Request {
         /// sha256 of each chunk, hex.
         chunk_hashes: Vec<String>,
     },
+    /// Run a client request on the peer (it owns the upload session the request names); the
+    /// request body follows.
+    Forward {
+        from: NodeId,
+        method: String,
+        uri: String,
+        headers: Vec<(String, String)>,
+    },
 }
 
 impl Request {
@@ -59,7 +68,8 @@ impl Request {
         match self {
             Request::Have { from, .. }
             | Request::Fetch { from, .. }
-            | Request::Push { from, .. } => *from,
+            | Request::Push { from, .. }
+            | Request::Forward { from, .. } => *from,
         }
     }
 }
@@ -84,6 +94,11 @@ pub enum Response {
     /// The pushed bytes are verified and fsync'd on the peer.
     Stored {
         size: u64,
+    },
+    /// The peer's response to a forwarded request; its body follows.
+    Forwarded {
+        status: u16,
+        headers: Vec<(String, String)>,
     },
     Error {
         /// A stable code ([`wharf_types::ErrorCode`] wire string).

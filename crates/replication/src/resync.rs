@@ -343,3 +343,77 @@ impl Replicator {
 }
 
 use futures::StreamExt as _;
+
+/// Copies across the cluster, as this node's state records them.
+impl Replicator {
+    /// Per member: how many blobs it does not hold yet (every member should hold every blob).
+    pub fn backlog_by_member(
+        &self,
+    ) -> Result<std::collections::BTreeMap<wharf_types::NodeId, u64>, ReplicationError> {
+        let members: Vec<_> = self
+            .cluster
+            .members()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut backlog: std::collections::BTreeMap<_, u64> =
+            members.iter().map(|id| (*id, 0)).collect();
+        self.each_record(|_, record| {
+            for id in &members {
+                if !record.holders.contains(id)
+                    && let Some(n) = backlog.get_mut(id)
+                {
+                    *n += 1;
+                }
+            }
+        })?;
+        Ok(backlog)
+    }
+
+    /// How many blobs have fewer than `min_copies` recorded copies among the members other than
+    /// `leaving` (removing it waits until this is 0). A blob no other member holds at all is not
+    /// counted: no wait can bring it back, and the copy on `leaving` stays on its disk.
+    pub fn short_without(&self, leaving: wharf_types::NodeId) -> Result<u64, ReplicationError> {
+        let remaining: Vec<_> = self
+            .cluster
+            .members()
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| *id != leaving)
+            .collect();
+        let needed = crate::placement::min_copies(self.min_copies, remaining.len());
+        let mut short = 0u64;
+        self.each_record(|_, record| {
+            let copies = remaining
+                .iter()
+                .filter(|id| record.holders.contains(id))
+                .count();
+            if copies > 0 && copies < needed {
+                short += 1;
+            }
+        })?;
+        Ok(short)
+    }
+
+    fn each_record(
+        &self,
+        mut f: impl FnMut(&Digest, &wharf_meta::records::BlobRecord),
+    ) -> Result<(), ReplicationError> {
+        use redb::ReadableDatabase as _;
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = {
+                let db = self.meta.state();
+                let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
+                wharf_meta::query::blobs_after(&txn, after.as_deref(), PAGE)?
+            };
+            for (digest, record) in &page {
+                f(digest, record);
+            }
+            after = page.last().map(|(d, _)| d.to_string());
+            if !more || after.is_none() {
+                return Ok(());
+            }
+        }
+    }
+}

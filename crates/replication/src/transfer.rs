@@ -46,14 +46,14 @@ pub(crate) enum FillStatus {
 
 type Tee = tokio::sync::mpsc::Sender<io::Result<Bytes>>;
 
-fn peer_error(peer: NodeId, message: impl std::fmt::Display) -> ReplicationError {
+pub(crate) fn peer_error(peer: NodeId, message: impl std::fmt::Display) -> ReplicationError {
     ReplicationError::Peer {
         peer,
         message: message.to_string(),
     }
 }
 
-async fn read_frame<T: for<'de> serde::Deserialize<'de>>(
+pub(crate) async fn read_frame<T: for<'de> serde::Deserialize<'de>>(
     recv: &mut quinn::RecvStream,
 ) -> Result<T, String> {
     let read = async {
@@ -77,7 +77,7 @@ async fn respond(send: &mut quinn::SendStream, response: &Response) {
     }
 }
 
-fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
+pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::Error {
         code: code.as_str().to_string(),
         message: message.into(),
@@ -169,7 +169,8 @@ pub(crate) async fn serve(me: Weak<Replicator>, endpoint: quinn::Endpoint) {
 }
 
 impl Replicator {
-    fn is_member(&self, id: NodeId) -> bool {
+    /// Whether `id` is a member of the configuration this node knows.
+    pub fn is_member(&self, id: NodeId) -> bool {
         self.cluster.members().iter().any(|(m, _)| *m == id)
     }
 
@@ -266,6 +267,14 @@ impl Replicator {
                     .take_push(&digest, size, chunk_size, &chunk_hashes, &mut send, recv)
                     .await;
                 respond(&mut send, &response).await;
+            }
+            Request::Forward {
+                method,
+                uri,
+                headers,
+                ..
+            } => {
+                return self.serve_forward(method, uri, headers, send, recv).await;
             }
         }
         let _ = send.finish();
@@ -395,7 +404,10 @@ impl Replicator {
     }
 
     /// A connection to `peer`, reused while it stays open.
-    async fn connection(&self, peer: NodeId) -> Result<quinn::Connection, ReplicationError> {
+    pub(crate) async fn connection(
+        &self,
+        peer: NodeId,
+    ) -> Result<quinn::Connection, ReplicationError> {
         if let Some(c) = self.connections.lock().await.get(&peer)
             && c.close_reason().is_none()
         {

@@ -36,8 +36,12 @@ const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 #[derive(Clone)]
 pub(crate) struct ClusterApiState {
     pub cluster: Arc<ClusterNode>,
+    pub replication: Arc<wharf_replication::Replicator>,
     pub max_body: u64,
 }
+
+/// How long removing a node may wait for its blobs to reach `min_copies` elsewhere.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(crate) fn router(state: ClusterApiState) -> Router {
     Router::new()
@@ -119,8 +123,51 @@ async fn json_body<T: DeserializeOwned>(request: Request, max: u64) -> Result<T,
 
 async fn status(State(state): State<ClusterApiState>) -> Response {
     match state.cluster.status().await {
-        Ok(status) => axum::Json(status).into_response(),
+        Ok(mut status) => {
+            // Unreadable holdings leave the column empty; the status itself is still useful.
+            if let Ok(backlog) = state.replication.backlog_by_member() {
+                for member in &mut status.members {
+                    member.backlog = backlog.get(&member.id).copied();
+                }
+            }
+            axum::Json(status).into_response()
+        }
         Err(e) => admin_error(e),
+    }
+}
+
+/// Before a node leaves: waits until every blob it holds has `min_copies` copies on the
+/// other members (the resync workers copy them), or refuses after [`DRAIN_TIMEOUT`].
+async fn drain(state: &ClusterApiState, leaving: NodeId) -> Result<(), Response> {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let short = state.replication.short_without(leaving).map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
+        })?;
+        if short == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                format!(
+                    "{short} blob(s) held by node {leaving} would have fewer than \
+                     durability.min_copies copies without it; the other members are still \
+                     copying them (see wharf_replication_backlog); try again later"
+                ),
+            ));
+        }
+        tracing::info!(
+            leaving,
+            short,
+            "waiting for blobs to be copied before the node leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -183,6 +230,12 @@ async fn membership(State(state): State<ClusterApiState>, request: Request) -> R
         );
     }
     let expected = body.expected_membership_index.filter(|_| !body.dry_run);
+    if body.action == MembershipAction::Remove
+        && !body.dry_run
+        && let Err(refused) = drain(&state, body.node_id).await
+    {
+        return refused;
+    }
     match state
         .cluster
         .change_membership(body.action, body.node_id, expected, body.dry_run)

@@ -6,6 +6,7 @@
 
 mod admin;
 mod cluster_api;
+mod forwarding;
 mod identity;
 mod listener;
 
@@ -263,6 +264,7 @@ pub async fn run(
         replication.clone(),
         node_id,
     );
+    replication.set_forward_handler(forwarding::handler(app.clone()));
     let served = listener::serve(&config, app, shutdown).await;
     sweeper.abort();
     replication.shutdown().await;
@@ -336,6 +338,7 @@ fn routes(
     });
     let cluster_api = cluster_api::router(cluster_api::ClusterApiState {
         cluster: cluster.clone(),
+        replication: replication.clone(),
         max_body: config.http.max_admin_body_bytes,
     });
     let health = Router::new()
@@ -344,7 +347,7 @@ fn routes(
         .route("/metrics", axum::routing::get(metrics))
         .with_state(Health {
             cluster,
-            replication,
+            replication: replication.clone(),
         });
     Router::new()
         .merge(oci)
@@ -353,6 +356,13 @@ fn routes(
         .merge(cluster_api)
         .merge(health)
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint\n") })
+        .layer(axum::middleware::from_fn_with_state(
+            forwarding::UploadForwarding {
+                node_id,
+                replication,
+            },
+            forwarding::forward_foreign_uploads,
+        ))
         // Every body is either streamed or read under its route's own limit; axum's 2 MB default
         // must not apply anywhere.
         .layer(DefaultBodyLimit::disable())

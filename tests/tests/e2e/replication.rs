@@ -325,3 +325,80 @@ fn an_upload_that_cannot_reach_min_copies_gets_503() {
         || holders(&cluster, 0, &digest).len() == 3,
     );
 }
+
+/// An upload session opened on node 1 is continued through node 2 and finished through node 3
+/// (a non-sticky load balancer): each request is run by the session's owner.
+#[test]
+fn an_upload_continued_through_other_nodes_completes() {
+    init_logging();
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    let (n1, n2, n3) = (
+        cluster.members[0].http(),
+        cluster.members[1].http(),
+        cluster.members[2].http(),
+    );
+    let data = random_bytes(3 * 1024 * 1024 + 17);
+    let digest = sha256_digest(&data);
+    let started = n1.call("POST", "/v2/lb/app/blobs/uploads/").expect(202);
+    let location = started.must_header("location").to_string();
+    let (first, second) = data.split_at(1024 * 1024);
+    let patched = n2.send(
+        n2.req("PATCH", &location)
+            .header("Content-Type", "application/octet-stream")
+            .body(first.to_vec()),
+    );
+    let patched = patched.expect(202);
+    assert_eq!(
+        patched.must_header("range"),
+        format!("0-{}", first.len() - 1)
+    );
+    let status = n3.call("GET", &location).expect(204);
+    assert_eq!(
+        status.must_header("range"),
+        format!("0-{}", first.len() - 1)
+    );
+    let location = patched.must_header("location").to_string();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    n3.send(
+        n3.req("PUT", &format!("{location}{sep}digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .body(second.to_vec()),
+    )
+    .expect(201);
+    for http in [&n1, &n2, &n3] {
+        let got = http
+            .call("GET", &format!("/v2/lb/app/blobs/{digest}"))
+            .expect(200);
+        assert!(got.body == data, "blob bytes differ");
+    }
+    // A session id naming a node that is not a member is unknown, not a hang.
+    let foreign = "/v2/lb/app/blobs/uploads/99-0123456789abcdef0123456789abcdef";
+    n2.call("GET", foreign)
+        .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+}
+
+/// Removing a node never leaves a blob with fewer than `min_copies` copies among the members
+/// that stay.
+#[test]
+fn removing_a_node_keeps_min_copies() {
+    init_logging();
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    let http = cluster.members[0].http();
+    let digests: Vec<String> = (0..4)
+        .map(|i| http.push_blob("remove/app", &random_bytes(200 * 1024 + i)))
+        .collect();
+    let removed = cluster.cli(&cluster.members[0], &["cluster", "remove", "3", "--yes"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    for digest in &digests {
+        let h = holders(&cluster, 0, digest);
+        let staying = h.iter().filter(|id| **id == 1 || **id == 2).count();
+        assert!(
+            staying >= 2,
+            "{digest} has {staying} copies on the staying members: {h:?}"
+        );
+    }
+}
