@@ -45,6 +45,10 @@ enum RepoCommand {
         /// bounded (local while the node heard from a leader within read.max_staleness_ms).
         #[arg(long, default_value = "strong", value_parser = ["strong", "bounded"])]
         consistency: String,
+        /// Which nodes keep copies of its blobs: all-regions (every node, soon after the
+        /// commit) or on-demand (the uploads' min_copies, plus nodes that read them).
+        #[arg(long, default_value = "all-regions", value_parser = ["all-regions", "on-demand"])]
+        replication: String,
     },
     /// List repositories.
     List,
@@ -60,8 +64,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
             immutable,
             allow_sparse_index,
             consistency,
+            replication,
         } => {
-            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index, "consistency": consistency });
+            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index, "consistency": consistency, "replication": replication });
             let response = client
                 .post(format!("{base}/api/v1/repos"))
                 .json(&body)

@@ -730,6 +730,25 @@ impl ClusterNode {
             .collect()
     }
 
+    /// On the leader: the members it heard from within `within` (itself included). Elsewhere:
+    /// every member (only the leader knows who answers).
+    pub fn responsive_members(&self, within: Duration) -> Vec<NodeId> {
+        let m = self.core.metrics();
+        let members = m.membership_config.membership().nodes().map(|(id, _)| *id);
+        let Some(heartbeat) = &m.heartbeat else {
+            return members.collect();
+        };
+        members
+            .filter(|id| {
+                *id == self.core.node_id
+                    || heartbeat
+                        .get(id)
+                        .and_then(|t| t.as_ref())
+                        .is_some_and(|t| openraft::Instant::elapsed(&**t) < within)
+            })
+            .collect()
+    }
+
     /// This node's cluster TLS (certificates that a rotation may replace), on a TLS cluster.
     pub fn tls(&self) -> Option<Arc<ClusterTls>> {
         self.core.tls.clone()
@@ -1084,6 +1103,7 @@ mod tests {
                 immutable: false,
                 allow_sparse_index: false,
                 consistency: wharf_meta::Consistency::Strong,
+                replication: Default::default(),
             },
             if_absent: true,
         }

@@ -127,11 +127,17 @@ impl Default for ReplicationConfig {
 }
 
 impl Config {
-    /// Where the QUIC blob endpoint binds.
+    /// Where the QUIC blob endpoint binds: by default the cluster port + 1, or any free port
+    /// when the cluster listener takes any free port (port 0, as plain `wharf dev` does).
     pub fn replication_listen(&self) -> SocketAddr {
         self.replication.listen.unwrap_or_else(|| {
             let c = self.cluster.listen;
-            SocketAddr::new(c.ip(), c.port().wrapping_add(1))
+            let port = if c.port() == 0 {
+                0
+            } else {
+                c.port().wrapping_add(1)
+            };
+            SocketAddr::new(c.ip(), port)
         })
     }
 

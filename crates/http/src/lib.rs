@@ -15,7 +15,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::Stream;
 use http::{HeaderMap, HeaderValue};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use tracing::Instrument;
 
 /// Header naming the node that answered; on every response (DESIGN.md §1.10).
@@ -94,17 +94,37 @@ pub enum BodyError {
     Transport(String),
 }
 
+/// A body over its limit is still read (and dropped) up to this many bytes, so that a client
+/// still writing it gets the error response instead of a broken pipe.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+
 /// Reads a whole body of at most `limit` bytes (for manifests and JSON documents; blobs are
-/// always streamed).
+/// always streamed). A longer body is [`BodyError::TooLarge`]; its rest is drained (up to
+/// 64 MiB) before the error is returned.
 pub async fn read_limited(body: Body, limit: u64) -> Result<Bytes, BodyError> {
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit_usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(BodyError::TooLarge { limit })
+    let mut body = body;
+    let mut collected = bytes::BytesMut::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Transport(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > limit {
+            while total <= DRAIN_MAX {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        total += frame.into_data().map_or(0, |d| d.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+            return Err(BodyError::TooLarge { limit });
         }
-        Err(e) => Err(BodyError::Transport(e.to_string())),
+        collected.extend_from_slice(&data);
     }
+    Ok(collected.freeze())
 }
 
 /// A streamed request body.

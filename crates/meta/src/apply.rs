@@ -12,7 +12,7 @@ use wharf_types::{Digest, ErrorCode, Format, ImageName, NodeId, RepoName, Tag};
 
 use crate::command::{
     Command, CommandResult, ENVELOPE_VERSION, Envelope, HeldBlob, ManifestPut, Outcome, Rejection,
-    RepoSettings,
+    ReplicationPolicy, RepoSettings,
 };
 use crate::records::{
     BlobRecord, FileRecord, JoinTokenRecord, LinkRecord, ManifestRecord, RepoRecord, RequestRecord,
@@ -328,6 +328,7 @@ impl Ctx<'_> {
 
         let mut changed = false;
         self.record_blob(&put.digest, put.size, &put.chunk_root, put.holder)?;
+        self.note_placement(&repo_name, &put.digest)?;
         if self.manifest(&put.name, &put.digest)?.is_none() {
             let record = ManifestRecord {
                 media_type: put.media_type.clone(),
@@ -498,6 +499,7 @@ impl Ctx<'_> {
             }
         }
         self.record_blob(digest, size, chunk_root, holder)?;
+        self.note_placement(repo_name, digest)?;
         let record = FileRecord {
             digest: digest.clone(),
             size,
@@ -669,6 +671,7 @@ impl Ctx<'_> {
     }
 
     fn link(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<Verdict> {
+        self.note_placement(repo, digest)?;
         if self.link_record(repo, digest)?.is_some() {
             return Ok(Ok(Outcome::Unchanged));
         }
@@ -719,6 +722,25 @@ impl Ctx<'_> {
         }))
     }
 
+    /// A blob linked into `repo`: if the repository wants copies everywhere, so does the blob.
+    fn note_placement(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let wants_all = self
+            .repo(repo)?
+            .is_some_and(|r| r.settings.replication == ReplicationPolicy::AllRegions);
+        if !wants_all {
+            return Ok(());
+        }
+        let text = digest.to_string();
+        let k = text.as_bytes();
+        if let Some(mut record) = get_json::<BlobRecord>(self.txn, tables::BLOBS, k)?
+            && record.on_demand
+        {
+            record.on_demand = false;
+            put_json(self.txn, tables::BLOBS, k, &record)?;
+        }
+        Ok(())
+    }
+
     /// Adds `holder` to a blob's holders (creating its record); whether anything changed.
     fn record_blob(
         &self,
@@ -734,6 +756,8 @@ impl Ctx<'_> {
                 size,
                 chunk_root: chunk_root.clone(),
                 holders: Default::default(),
+                // Until a repository that wants copies everywhere links it.
+                on_demand: true,
             });
         if record.holders.insert(holder) {
             put_json(self.txn, tables::BLOBS, k, &record)?;
@@ -847,6 +871,7 @@ mod tests {
                 immutable,
                 allow_sparse_index: sparse,
                 consistency: crate::command::Consistency::Strong,
+                replication: Default::default(),
             };
             let r = self.apply(Command::CreateRepo {
                 name: RepoName::new(name).unwrap(),
@@ -1093,6 +1118,7 @@ mod tests {
             immutable: false,
             allow_sparse_index: false,
             consistency: crate::command::Consistency::Strong,
+            replication: Default::default(),
         };
         let create = Command::CreateRepo {
             name: RepoName::new("r").unwrap(),

@@ -51,6 +51,20 @@ pub struct RepoSettings {
     /// How mutable tags, listings and generated indexes are read (DESIGN.md §1.5c).
     #[serde(default)]
     pub consistency: Consistency,
+    /// Where the repository's blobs are copied (DESIGN.md §4 "Replication").
+    #[serde(default)]
+    pub replication: ReplicationPolicy,
+}
+
+/// Which nodes keep a copy of a repository's blobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationPolicy {
+    /// Every node fetches a copy soon after the commit.
+    #[default]
+    AllRegions,
+    /// Copies are made by uploads (`min_copies`), reads (read-through) and repairs only.
+    OnDemand,
 }
 
 /// How a repository's mutable state is read on a node.

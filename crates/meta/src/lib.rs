@@ -20,7 +20,7 @@ pub mod versions;
 
 pub use command::{
     Command, CommandResult, Consistency, ENVELOPE_VERSION, Envelope, HeldBlob, ManifestPut,
-    Outcome, ReferrerDescriptor, Rejection, RepoSettings, RequestId,
+    Outcome, ReferrerDescriptor, Rejection, ReplicationPolicy, RepoSettings, RequestId,
 };
 pub use handle::{MetaError, MetaHandle, ProposeContext};
 pub use log_store::{decode, encode};

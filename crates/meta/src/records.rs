@@ -21,6 +21,10 @@ pub struct BlobRecord {
     pub chunk_root: Digest,
     /// Nodes holding verified, fsync'd bytes.
     pub holders: BTreeSet<NodeId>,
+    /// No repository linking the blob asks for copies everywhere (all are `on-demand`, or none
+    /// links it yet): nodes fetch it only when read. Absent in older records: copies everywhere.
+    #[serde(default)]
+    pub on_demand: bool,
 }
 
 /// A blob's link into one repository (DESIGN.md §1.9).

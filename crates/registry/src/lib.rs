@@ -334,6 +334,7 @@ impl Registry {
                     immutable: format == Format::Generic,
                     allow_sparse_index: false,
                     consistency: wharf_meta::Consistency::Strong,
+                    replication: Default::default(),
                 };
                 self.propose_create_repo(ctx, name, settings, true).await?;
                 self.repo(name).await?
@@ -592,6 +593,7 @@ mod tests {
             immutable: false,
             allow_sparse_index: false,
             consistency: wharf_meta::Consistency::Strong,
+            replication: Default::default(),
         };
         let mut stuck = Vec::new();
         for i in 0..MAX_PROPOSALS_IN_FLIGHT {

@@ -36,6 +36,10 @@ pub trait ClusterView: Send + Sync + 'static {
     fn members(&self) -> Vec<(NodeId, NodeInfo)>;
     /// Index of the last entry this node applied.
     fn applied_index(&self) -> Option<u64>;
+    /// Whether this node leads the cluster (it runs the repair worker).
+    fn is_leader(&self) -> bool;
+    /// Members known to be up (on the leader: heard from recently; elsewhere: all).
+    fn live_members(&self) -> Vec<NodeId>;
 }
 
 impl ClusterView for ClusterNode {
@@ -45,7 +49,16 @@ impl ClusterView for ClusterNode {
     fn applied_index(&self) -> Option<u64> {
         self.last_applied_index()
     }
+    fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.node_id())
+    }
+    fn live_members(&self) -> Vec<NodeId> {
+        self.responsive_members(LIVE_WITHIN)
+    }
 }
+
+/// A member the leader has not heard from for this long counts as down for repairs.
+const LIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a transfer failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +132,8 @@ struct Counters {
     corrupt_dropped: AtomicU64,
     /// Blobs the scrubber re-hashed.
     scrubbed: AtomicU64,
+    /// Copies the leader's repair worker made (pushed or fetched) to restore `min_copies`.
+    repairs: AtomicU64,
     /// Transfers from a peer that failed verification.
     verify_failures: AtomicU64,
 }
@@ -249,12 +264,14 @@ impl Replicator {
              # TYPE wharf_replication_resynced_total counter\nwharf_replication_resynced_total{{node=\"{id}\"}} {}\n\
              # TYPE wharf_replication_corrupt_dropped_total counter\nwharf_replication_corrupt_dropped_total{{node=\"{id}\"}} {}\n\
              # TYPE wharf_replication_verify_failures_total counter\nwharf_replication_verify_failures_total{{node=\"{id}\"}} {}\n\
-             # TYPE wharf_replication_scrubbed_total counter\nwharf_replication_scrubbed_total{{node=\"{id}\"}} {}\n",
+             # TYPE wharf_replication_scrubbed_total counter\nwharf_replication_scrubbed_total{{node=\"{id}\"}} {}\n\
+             # TYPE wharf_replication_repairs_total counter\nwharf_replication_repairs_total{{node=\"{id}\"}} {}\n",
             c.backlog.load(Ordering::Relaxed),
             c.resynced.load(Ordering::Relaxed),
             c.corrupt_dropped.load(Ordering::Relaxed),
             c.verify_failures.load(Ordering::Relaxed),
             c.scrubbed.load(Ordering::Relaxed),
+            c.repairs.load(Ordering::Relaxed),
         ));
         out
     }

@@ -23,6 +23,8 @@ const IDLE_ROUND: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(200);
 /// How often held copies are checked against the disk (anti-entropy).
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// How often the leader looks for blobs below `min_copies`.
+const REPAIR_EVERY: Duration = Duration::from_secs(2);
 /// Fetches one round runs at once.
 const CONCURRENT_FETCHES: usize = 4;
 /// Records read per page.
@@ -158,6 +160,7 @@ pub(crate) async fn run(me: Weak<Replicator>) {
     let mut backoff: HashMap<Digest, Backoff> = HashMap::new();
     let mut tls_files = None;
     let mut last_scrub = Instant::now();
+    let mut last_repair = Instant::now();
     loop {
         tokio::time::sleep(POLL).await;
         let Some(replicator) = me.upgrade() else {
@@ -177,6 +180,12 @@ pub(crate) async fn run(me: Weak<Replicator>) {
         if let Err(e) = replicator.resync_round(&mut backoff, check_disk).await {
             tracing::warn!(error = %e, "resync round failed");
         }
+        if replicator.cluster.is_leader() && last_repair.elapsed() >= REPAIR_EVERY {
+            last_repair = Instant::now();
+            if let Err(e) = replicator.repair_round().await {
+                tracing::warn!(error = %e, "repair round failed");
+            }
+        }
         if replicator
             .scrub_interval
             .is_some_and(|every| last_scrub.elapsed() >= every)
@@ -190,6 +199,47 @@ pub(crate) async fn run(me: Weak<Replicator>) {
 }
 
 impl Replicator {
+    /// The leader's repair worker: every blob that some member holds but fewer than
+    /// `min_copies` members do gets copies — pushed from here if this node holds it, else
+    /// fetched here (one more copy per round until enough). Eager blobs are also fetched by
+    /// every node's resync; this matters most for `on-demand` repositories after a node died
+    /// or lost a copy.
+    async fn repair_round(self: &Arc<Self>) -> Result<(), ReplicationError> {
+        let members = self.cluster.members().len();
+        let live = self.cluster.live_members();
+        let needed = crate::placement::min_copies(self.min_copies, members);
+        let mut short = Vec::new();
+        self.each_record(|digest, record| {
+            let copies = live.iter().filter(|id| record.holders.contains(id)).count();
+            if copies > 0 && copies < needed {
+                let mut record = record.clone();
+                // Copies on a member that is down do not count while it is down.
+                record.holders.retain(|id| live.contains(id));
+                short.push((digest.clone(), record));
+            }
+        })?;
+        for (digest, record) in short {
+            let result = if record.holders.contains(&self.node_id) {
+                match self.blobs.info(&digest).await? {
+                    Some(info) => self.ensure_copies(&info, &record.holders).await.map(|_| ()),
+                    None => self.ensure_local(&digest, &record).await,
+                }
+            } else {
+                self.ensure_local(&digest, &record).await
+            };
+            match result {
+                Ok(()) => {
+                    self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%digest, "repaired a blob below min_copies");
+                }
+                Err(e) => {
+                    tracing::debug!(%digest, error = %e, "repair failed; retrying next round")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The scrubber: re-hashes every blob this node holds (each chunk and the whole digest);
     /// a corrupt copy is dropped from the holdings and replaced by a verified copy from a peer
     /// (DESIGN.md §1.4). Runs in the resync task, one blob at a time.
@@ -278,11 +328,15 @@ impl Replicator {
                 };
                 match (recorded, on_disk) {
                     (true, Some(_)) => {}
+                    // Not wanted everywhere: copies come from uploads, reads and repairs.
+                    (false, None) if record.on_demand => {}
                     (true, None) => {
                         tracing::warn!(%digest, "holdings say this node holds a blob its disk lacks; fetching it again");
                         self.report(HoldingChange::Remove(digest.clone()));
-                        backlog += 1;
-                        wanted.push((digest.clone(), record.clone()));
+                        if !record.on_demand {
+                            backlog += 1;
+                            wanted.push((digest.clone(), record.clone()));
+                        }
                     }
                     (false, Some(info)) => {
                         if info.chunk_root == record.chunk_root {

@@ -40,6 +40,9 @@ pub struct RepoView {
     /// `strong` (default) or `bounded`.
     #[serde(default)]
     pub consistency: wharf_meta::Consistency,
+    /// `all-regions` (default) or `on-demand`.
+    #[serde(default)]
+    pub replication: wharf_meta::ReplicationPolicy,
     #[serde(default, skip_deserializing)]
     pub created_ms: u64,
 }
@@ -116,6 +119,7 @@ async fn list_repos(State(state): State<AdminState>) -> Response {
                     immutable: r.settings.immutable,
                     allow_sparse_index: r.settings.allow_sparse_index,
                     consistency: r.settings.consistency,
+                    replication: r.settings.replication,
                     created_ms: r.created_ms,
                 })
                 .collect();
@@ -161,6 +165,7 @@ async fn create_repo(State(state): State<AdminState>, request: Request) -> Respo
         immutable: view.immutable,
         allow_sparse_index: view.allow_sparse_index,
         consistency: view.consistency,
+        replication: view.replication,
     };
     match state
         .registry

@@ -297,6 +297,7 @@ mod tests {
                 immutable: true,
                 allow_sparse_index: false,
                 consistency: wharf_meta::Consistency::Strong,
+                replication: Default::default(),
             },
             if_absent: false,
         }

@@ -402,3 +402,55 @@ fn removing_a_node_keeps_min_copies() {
         );
     }
 }
+
+/// In an `on-demand` repository only the upload's `min_copies` members hold a blob (no eager
+/// copies); when the uploader is killed with -9 right after the ack, the blob is still served by
+/// the other nodes, and the leader's repair worker restores two live copies without any read.
+#[test]
+fn repair_restores_min_copies_after_the_uploader_dies() {
+    init_logging();
+    let mut cluster = TestCluster::start(3, ClusterOpts::default());
+    let (status, body) = cluster.post(
+        0,
+        "/api/v1/repos",
+        serde_json::json!({"name": "od", "format": "oci", "immutable": false, "replication": "on-demand"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let data = random_bytes(TWO_CHUNKS);
+    let digest = cluster.members[0].http().push_blob("od/app", &data);
+    let ids: Vec<u64> = cluster.members.iter().map(|m| m.node_id).collect();
+    wait_until(
+        "two members record the upload",
+        Duration::from_secs(10),
+        || holders(&cluster, 0, &digest).len() == 2,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let before = holders(&cluster, 0, &digest);
+    assert_eq!(
+        before.len(),
+        2,
+        "an on-demand blob was copied everywhere: {before:?}"
+    );
+
+    cluster.kill9(0);
+    let survivors = [ids[1], ids[2]];
+    wait_until(
+        "the repair worker puts the blob on both surviving nodes",
+        Duration::from_secs(60),
+        || {
+            let h = holders(&cluster, 1, &digest);
+            survivors.iter().all(|id| h.contains(id))
+        },
+    );
+    assert!(blob_file(&cluster.members[1], &digest).is_file());
+    assert!(blob_file(&cluster.members[2], &digest).is_file());
+    for m in &cluster.members[1..] {
+        let (status, body) = get_body(m, &format!("/v2/od/app/blobs/{digest}"), None);
+        assert_eq!(status, 200);
+        assert!(
+            body.unwrap() == data,
+            "node {} served other bytes",
+            m.node_id
+        );
+    }
+}
