@@ -703,6 +703,15 @@ impl Ctx<'_> {
         }
         let mut changed = false;
         for blob in added {
+            let existing = get_json::<BlobRecord>(
+                self.txn,
+                tables::BLOBS,
+                blob.digest.to_string().as_bytes(),
+            )?;
+            if existing.is_some_and(|r| r.size != blob.size || r.chunk_root != blob.chunk_root) {
+                // Not the committed bytes: such a copy could never serve a fetch.
+                continue;
+            }
             changed |= self.record_blob(&blob.digest, blob.size, &blob.chunk_root, node_id)?;
         }
         for digest in removed {

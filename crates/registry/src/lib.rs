@@ -414,8 +414,9 @@ impl Registry {
             Err(wharf_blob::BlobError::NotFound) => return self.open_remote(digest, range).await,
             Err(wharf_blob::BlobError::Corrupt(corrupt)) => {
                 tracing::error!(%digest, reason = %corrupt.reason, "stored copy is corrupt");
-                if let Some(replication) = &self.replication {
-                    replication.drop_corrupt(digest).await;
+                if let Some(replication) = &self.replication
+                    && replication.drop_corrupt(digest).await
+                {
                     return self.open_remote(digest, range).await;
                 }
                 return Err(wharf_blob::BlobError::Corrupt(corrupt).into());
@@ -428,8 +429,8 @@ impl Registry {
         let first = futures::StreamExt::next(&mut reader.stream).await;
         if let Some(Err(e)) = &first
             && is_corrupt(e)
+            && replication.drop_corrupt(digest).await
         {
-            replication.drop_corrupt(digest).await;
             return self.open_remote(digest, range).await;
         }
         let digest = digest.clone();

@@ -16,8 +16,11 @@ use futures::{Stream, StreamExt};
 use wharf_types::NodeId;
 
 use crate::protocol::{self, Request, Response};
-use crate::transfer::{peer_error, read_frame};
+use crate::transfer::peer_error;
 use crate::{ReplicationError, Replicator};
+
+/// How long the owner of an upload session may take to answer a forwarded request.
+const FORWARD_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A streamed body.
 pub type ForwardBody = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
@@ -101,7 +104,9 @@ impl Replicator {
             .await
             .map_err(|e| peer_error(owner, e))?;
         tokio::spawn(pump(request.body, send));
-        match read_frame::<Response>(&mut recv)
+        // The owner answers once its handler is done (a PATCH has stored the whole body, a PUT
+        // has copied the blob to min_copies members): no short deadline here.
+        match crate::transfer::read_frame_within::<Response>(&mut recv, FORWARD_ANSWER_TIMEOUT)
             .await
             .map_err(|e| peer_error(owner, e))?
         {

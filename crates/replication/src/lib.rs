@@ -221,6 +221,8 @@ impl Replicator {
                 reports,
             )),
             tokio::spawn(resync::run(Arc::downgrade(&replicator))),
+            tokio::spawn(resync::repair(Arc::downgrade(&replicator))),
+            tokio::spawn(resync::scrub(Arc::downgrade(&replicator))),
         ];
         *lock(&replicator.tasks) = tasks;
         tracing::info!(addr = %replicator.local_addr(), "blob transfer (QUIC) listening");

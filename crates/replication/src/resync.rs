@@ -102,8 +102,13 @@ pub(crate) async fn report_holdings(
         let Some(replicator) = me.upgrade() else {
             return;
         };
-        let batch_added: Vec<HeldBlob> = added.values().cloned().collect();
-        let batch_removed: Vec<Digest> = removed.keys().cloned().collect();
+        // At most BATCH_MAX per command, even after a long outage piled changes up.
+        let batch_added: Vec<HeldBlob> = added.values().take(BATCH_MAX).cloned().collect();
+        let batch_removed: Vec<Digest> = removed
+            .keys()
+            .take(BATCH_MAX.saturating_sub(batch_added.len()))
+            .cloned()
+            .collect();
         match replicator
             .propose_holdings(batch_added.clone(), batch_removed.clone())
             .await
@@ -159,8 +164,6 @@ pub(crate) async fn run(me: Weak<Replicator>) {
     let mut last_disk_check = Instant::now() - DISK_CHECK_EVERY;
     let mut backoff: HashMap<Digest, Backoff> = HashMap::new();
     let mut tls_files = None;
-    let mut last_scrub = Instant::now();
-    let mut last_repair = Instant::now();
     loop {
         tokio::time::sleep(POLL).await;
         let Some(replicator) = me.upgrade() else {
@@ -180,20 +183,36 @@ pub(crate) async fn run(me: Weak<Replicator>) {
         if let Err(e) = replicator.resync_round(&mut backoff, check_disk).await {
             tracing::warn!(error = %e, "resync round failed");
         }
-        if replicator.cluster.is_leader() && last_repair.elapsed() >= REPAIR_EVERY {
-            last_repair = Instant::now();
-            if let Err(e) = replicator.repair_round().await {
-                tracing::warn!(error = %e, "repair round failed");
-            }
-        }
-        if replicator
-            .scrub_interval
-            .is_some_and(|every| last_scrub.elapsed() >= every)
+    }
+}
+
+/// The leader's repair worker, in its own task (see [`Replicator::repair_round`]).
+pub(crate) async fn repair(me: Weak<Replicator>) {
+    loop {
+        tokio::time::sleep(REPAIR_EVERY).await;
+        let Some(replicator) = me.upgrade() else {
+            return;
+        };
+        if replicator.cluster.is_leader()
+            && let Err(e) = replicator.repair_round().await
         {
-            last_scrub = Instant::now();
-            if let Err(e) = replicator.scrub().await {
-                tracing::warn!(error = %e, "scrub failed");
-            }
+            tracing::warn!(error = %e, "repair round failed");
+        }
+    }
+}
+
+/// The scrubber, in its own task: a full pass every `scrub_interval`.
+pub(crate) async fn scrub(me: Weak<Replicator>) {
+    let Some(every) = me.upgrade().and_then(|r| r.scrub_interval) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(replicator) = me.upgrade() else {
+            return;
+        };
+        if let Err(e) = replicator.scrub().await {
+            tracing::warn!(error = %e, "scrub failed");
         }
     }
 }
@@ -424,9 +443,10 @@ impl Replicator {
         Ok(backlog)
     }
 
-    /// How many blobs have fewer than `min_copies` recorded copies among the members other than
-    /// `leaving` (removing it waits until this is 0). A blob no other member holds at all is not
-    /// counted: no wait can bring it back, and the copy on `leaving` stays on its disk.
+    /// How many blobs would be short of copies without `leaving` (removing it waits until this
+    /// is 0): blobs it holds with fewer than `min_copies` (at least one) recorded copies on the
+    /// other members, and blobs the others hold fewer than `min_copies` of (the leaving node's
+    /// own copy may not be recorded yet).
     pub fn short_without(&self, leaving: wharf_types::NodeId) -> Result<u64, ReplicationError> {
         let remaining: Vec<_> = self
             .cluster
@@ -442,7 +462,8 @@ impl Replicator {
                 .iter()
                 .filter(|id| record.holders.contains(id))
                 .count();
-            if copies > 0 && copies < needed {
+            let held_by_leaving = record.holders.contains(&leaving);
+            if (held_by_leaving && copies < needed.max(1)) || (copies > 0 && copies < needed) {
                 short += 1;
             }
         })?;

@@ -25,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a peer may stay silent in the middle of a transfer (QUIC's idle timeout also
 /// catches a dead peer; this bounds a live but stuck one).
 const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a pushed-to peer may take to say whether it wants the bytes.
+const PUSH_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Stream reset code: the sender's own copy failed its check, or could not be read.
 const RESET_UNREADABLE: u32 = 1;
 /// Bytes one receiving transfer may buffer (a chunk being verified plus a write batch).
@@ -56,6 +58,14 @@ pub(crate) fn peer_error(peer: NodeId, message: impl std::fmt::Display) -> Repli
 pub(crate) async fn read_frame<T: for<'de> serde::Deserialize<'de>>(
     recv: &mut quinn::RecvStream,
 ) -> Result<T, String> {
+    read_frame_within(recv, STALL_TIMEOUT).await
+}
+
+/// [`read_frame`] with its own deadline (for answers that follow long work on the peer).
+pub(crate) async fn read_frame_within<T: for<'de> serde::Deserialize<'de>>(
+    recv: &mut quinn::RecvStream,
+    within: Duration,
+) -> Result<T, String> {
     let read = async {
         let mut len = [0u8; 4];
         recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
@@ -66,9 +76,27 @@ pub(crate) async fn read_frame<T: for<'de> serde::Deserialize<'de>>(
             .map_err(|e| e.to_string())?;
         protocol::decode(&body).map_err(|e| e.to_string())
     };
-    tokio::time::timeout(STALL_TIMEOUT, read)
+    tokio::time::timeout(within, read)
         .await
         .map_err(|_| "no answer in time".to_string())?
+}
+
+/// Writes `bytes`, failing if the peer takes none of it for [`STALL_TIMEOUT`].
+pub(crate) async fn write_or_stall(
+    send: &mut quinn::SendStream,
+    bytes: Bytes,
+) -> Result<(), String> {
+    match tokio::time::timeout(STALL_TIMEOUT, send.write_chunk(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the peer stopped reading".to_string()),
+    }
+}
+
+/// How long a peer may take to fsync and place `size` bytes it has received (at 20 MB/s, the
+/// slowest disk worth waiting for, plus the usual stall allowance).
+fn fsync_allowance(size: u64) -> Duration {
+    STALL_TIMEOUT + Duration::from_secs(size / (20 * 1024 * 1024))
 }
 
 async fn respond(send: &mut quinn::SendStream, response: &Response) {
@@ -326,7 +354,8 @@ impl Replicator {
             match piece {
                 Ok(bytes) => {
                     let n = bytes.len() as u64;
-                    if send.write_chunk(bytes).await.is_err() {
+                    if write_or_stall(send, bytes).await.is_err() {
+                        let _ = send.reset(quinn::VarInt::from_u32(RESET_UNREADABLE));
                         return;
                     }
                     self.count_bytes(from, 0, n);
@@ -353,8 +382,10 @@ impl Replicator {
         send: &mut quinn::SendStream,
         recv: quinn::RecvStream,
     ) -> Response {
+        // A copy already here counts only once it is re-checked: a damaged one is replaced.
         if let Ok(Some(info)) = self.blobs.info(digest).await
             && info.size == size
+            && let Ok(info) = self.blobs.verify(digest).await
         {
             self.report(HoldingChange::Add(held(&info)));
             return Response::PushReady { already_held: true };
@@ -507,9 +538,12 @@ impl Replicator {
         record: &BlobRecord,
         tee: Option<Tee>,
     ) -> Result<BlobInfo, ReplicationError> {
-        let result = self.fill_inner(digest, record, tee.as_ref()).await;
-        if let (Err(e), Some(tee)) = (&result, &tee) {
-            let _ = tee.send(Err(io::Error::other(e.to_string()))).await;
+        let reader = Arc::new(std::sync::Mutex::new(tee));
+        let result = self.fill_inner(digest, record, &reader).await;
+        let tee = lock(&reader).take();
+        if let (Err(e), Some(tee)) = (&result, tee) {
+            // A reader that stopped reading may have a full channel: never wait for it.
+            let _ = tee.try_send(Err(io::Error::other(e.to_string())));
         }
         result
     }
@@ -518,7 +552,7 @@ impl Replicator {
         self: &Arc<Self>,
         digest: &Digest,
         record: &BlobRecord,
-        tee: Option<&Tee>,
+        reader: &Arc<std::sync::Mutex<Option<Tee>>>,
     ) -> Result<BlobInfo, ReplicationError> {
         let holders = self.holders_nearest(record);
         if holders.is_empty() {
@@ -546,20 +580,18 @@ impl Replicator {
                 };
                 let size = record.size;
                 let me = Arc::clone(self);
-                let tee = tee.cloned();
+                let reader = Arc::clone(reader);
                 let last = Arc::clone(&last_chunk);
                 let body = verified_chunks(recv, verifier).then(move |item| {
-                    let (me, tee, last) = (Arc::clone(&me), tee.clone(), Arc::clone(&last));
+                    let (me, reader, last) =
+                        (Arc::clone(&me), Arc::clone(&reader), Arc::clone(&last));
                     async move {
                         let (end, bytes) = item?;
                         me.count_bytes(peer, bytes.len() as u64, 0);
-                        if let Some(tee) = &tee {
-                            if end == size {
-                                *lock(&last) = Some(bytes.clone());
-                            } else {
-                                // A reader that went away does not stop the fill.
-                                let _ = tee.send(Ok(bytes.clone())).await;
-                            }
+                        if end == size {
+                            *lock(&last) = Some(bytes.clone());
+                        } else {
+                            tee_to(&reader, bytes.clone()).await;
                         }
                         Ok::<_, io::Error>(bytes)
                     }
@@ -605,11 +637,9 @@ impl Replicator {
                 return Err(e.into());
             }
         };
-        if let Some(tee) = tee {
-            let last = lock(&last_chunk).take();
-            if let Some(bytes) = last {
-                let _ = tee.send(Ok(bytes)).await;
-            }
+        let last = lock(&last_chunk).take();
+        if let Some(bytes) = last {
+            tee_to(reader, bytes).await;
         }
         self.report(HoldingChange::Add(held(&info)));
         Ok(info)
@@ -642,6 +672,14 @@ impl Replicator {
         let me = Arc::clone(self);
         let (digest, record) = (digest.clone(), record.clone());
         tokio::spawn(async move {
+            // Even if the fill panics, its entry goes (and waiters see the channel close).
+            struct Forget(Arc<Replicator>, Digest);
+            impl Drop for Forget {
+                fn drop(&mut self) {
+                    lock(&self.0.fills).remove(&self.1);
+                }
+            }
+            let _forget = Forget(Arc::clone(&me), digest.clone());
             let result = me.fill(&digest, &record, tee).await;
             if let Err(e) = &result {
                 tracing::warn!(%digest, error = %e, "fetching a blob from its holders failed");
@@ -791,7 +829,8 @@ impl Replicator {
         send.write_all(&protocol::encode_request(&request))
             .await
             .map_err(|e| peer_error(peer, e))?;
-        match read_frame::<Response>(&mut recv)
+        // The peer may first wait for receive buffers or re-check a copy it has.
+        match read_frame_within::<Response>(&mut recv, PUSH_READY_TIMEOUT)
             .await
             .map_err(|e| peer_error(peer, e))?
         {
@@ -809,7 +848,7 @@ impl Replicator {
             match piece {
                 Ok(bytes) => {
                     let n = bytes.len() as u64;
-                    send.write_chunk(bytes)
+                    write_or_stall(&mut send, bytes)
                         .await
                         .map_err(|e| peer_error(peer, e))?;
                     self.count_bytes(peer, 0, n);
@@ -824,7 +863,7 @@ impl Replicator {
             }
         }
         send.finish().map_err(|e| peer_error(peer, e))?;
-        match read_frame::<Response>(&mut recv)
+        match read_frame_within::<Response>(&mut recv, fsync_allowance(chunks.blob_size))
             .await
             .map_err(|e| peer_error(peer, e))?
         {
@@ -837,15 +876,9 @@ impl Replicator {
     }
 
     /// A local copy failed its check: it leaves this node's holdings (before anything else
-    /// happens to the file) and a verified copy is fetched from a holder, replacing it.
-    pub async fn drop_corrupt(self: &Arc<Self>, digest: &Digest) {
-        self.counters
-            .corrupt_dropped
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::error!(%digest, "stored copy is corrupt; dropping it from this node's holdings and fetching a good one");
-        if let Err(e) = self.remove_holding_now(digest).await {
-            tracing::warn!(%digest, error = %e, "could not record the dropped copy yet; the resync worker retries");
-        }
+    /// happens to the file) and a verified copy is fetched from a holder, replacing it. Returns
+    /// whether it was dropped (not when no other member holds the blob).
+    pub async fn drop_corrupt(self: &Arc<Self>, digest: &Digest) -> bool {
         let record = {
             use redb::ReadableDatabase as _;
             let db = self.meta.state();
@@ -853,9 +886,26 @@ impl Replicator {
                 .ok()
                 .and_then(|t| wharf_meta::query::blob(&t, digest).ok().flatten())
         };
-        if let Some(record) = record {
-            self.start_fill(digest, &record, false);
+        let Some(record) = record.filter(|r| !self.holders_nearest(r).is_empty()) else {
+            // No other copy to fetch: deleting this one would lose its intact chunks too. Reads
+            // of the damaged chunk keep failing (never served) until an operator acts.
+            tracing::error!(%digest, "the only copy of this blob is corrupt; keeping it (its intact chunks are still served)");
+            return false;
+        };
+        self.counters
+            .corrupt_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%digest, "stored copy is corrupt; dropping it from this node's holdings and fetching a good one");
+        if let Err(e) = self.remove_holding_now(digest).await {
+            tracing::warn!(%digest, error = %e, "could not record the dropped copy yet; the resync worker retries");
         }
+        // Gone from disk, so nothing counts it again until a verified copy replaces it.
+        if let Err(e) = self.blobs.delete(digest).await {
+            self.fatal_check(&e);
+            tracing::warn!(%digest, error = %e, "could not remove a corrupt copy");
+        }
+        self.start_fill(digest, &record, false);
+        true
     }
 
     /// Stops the node on a storage error it cannot recover from (an fsync failed).
@@ -863,6 +913,21 @@ impl Replicator {
         if e.is_fatal() {
             (self.on_fatal)(&e.to_string());
         }
+    }
+}
+
+/// Hands a verified chunk to the reader streaming a fill, if it still reads. A reader gone, or
+/// one that takes nothing for [`STALL_TIMEOUT`], is let go (its response ends short, so its
+/// client sees an error): the fill goes on without it.
+async fn tee_to(reader: &std::sync::Mutex<Option<Tee>>, bytes: Bytes) {
+    let Some(tee) = lock(reader).clone() else {
+        return;
+    };
+    if tee.send_timeout(Ok(bytes), STALL_TIMEOUT).await.is_err() {
+        tracing::info!(
+            "a reader stopped reading a blob being fetched; the fetch goes on without it"
+        );
+        lock(reader).take();
     }
 }
 
