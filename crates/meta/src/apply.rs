@@ -1371,6 +1371,42 @@ mod tests {
         }
     }
 
+    /// A blob is fetched by every node once a repository that wants copies everywhere links it;
+    /// linked only into `on-demand` repositories (or not yet linked), it is not.
+    #[test]
+    fn placement_follows_the_repositories_that_link_a_blob() {
+        let mut sm = Sm::new();
+        sm.repo("eager", Format::Oci, false, false);
+        let settings = RepoSettings {
+            format: Format::Oci,
+            immutable: false,
+            allow_sparse_index: false,
+            consistency: crate::command::Consistency::Strong,
+            replication: ReplicationPolicy::OnDemand,
+        };
+        sm.apply(Command::CreateRepo {
+            name: RepoName::new("lazy").unwrap(),
+            settings,
+            if_absent: false,
+        });
+        let on_demand = |sm: &Sm, d: &Digest| {
+            let txn = sm.db.begin_read().unwrap();
+            crate::query::blob(&txn, d).unwrap().unwrap().on_demand
+        };
+        sm.link("lazy", &digest(1));
+        assert!(
+            on_demand(&sm, &digest(1)),
+            "only an on-demand repository links it"
+        );
+        sm.link("eager", &digest(1));
+        assert!(
+            !on_demand(&sm, &digest(1)),
+            "an all-regions repository links it too"
+        );
+        sm.link("eager", &digest(2));
+        assert!(!on_demand(&sm, &digest(2)));
+    }
+
     /// Holdings (DESIGN.md §1.2): a node adds and removes only its own; a blob first heard of
     /// through a holding gets a record without any link; a non-member's report changes nothing.
     #[test]

@@ -178,26 +178,21 @@ fn skopeo_push_on_one_node_pulls_from_another_and_survives_its_loss() {
     pull(&cluster.members[1], "from-node2");
 }
 
-/// A node that was down while images were pushed fetches every blob after its restart, checked
-/// by its holdings and its disk, without a single read on it.
-#[test]
-fn a_node_that_was_away_converges_without_reads() {
-    init_logging();
-    let mut cluster = TestCluster::start(3, ClusterOpts::default());
-    cluster.kill9(2);
+/// Pushes three small images to `name` through member 0; returns every digest involved.
+fn push_three_images(cluster: &TestCluster, name: &str) -> Vec<String> {
     let http = cluster.members[0].http();
     let mut digests = Vec::new();
     for i in 0..3 {
         let layer = random_bytes(300 * 1024 + i);
-        let config = format!("{{\"n\":{i}}}").into_bytes();
-        let l = http.push_blob("away/app", &layer);
-        let c = http.push_blob("away/app", &config);
+        let config = format!("{{\"n\":{i},\"name\":\"{name}\"}}").into_bytes();
+        let l = http.push_blob(name, &layer);
+        let c = http.push_blob(name, &config);
         let manifest = wharf_tests::ocihttp::image_manifest(
             ("application/vnd.oci.image.config.v1+json", &c, config.len()),
             &[("application/vnd.oci.image.layer.v1.tar", &l, layer.len())],
         );
         http.put_manifest(
-            "away/app",
+            name,
             &format!("v{i}"),
             Some("application/vnd.oci.image.manifest.v1+json"),
             &manifest,
@@ -205,6 +200,18 @@ fn a_node_that_was_away_converges_without_reads() {
         .expect(201);
         digests.extend([l, c, sha256_digest(&manifest)]);
     }
+    digests
+}
+
+/// A node that was down, or cut off (stopped with SIGSTOP, so it neither answers nor learns
+/// anything, then resumed), while images were pushed fetches every blob afterwards — checked by
+/// its holdings and its disk, without a single read on it.
+#[test]
+fn a_node_that_was_away_converges_without_reads() {
+    init_logging();
+    let mut cluster = TestCluster::start(3, ClusterOpts::default());
+    cluster.kill9(2);
+    let digests = push_three_images(&cluster, "away/app");
     let id3 = cluster.members[2].node_id;
     for digest in &digests {
         assert!(!holders(&cluster, 0, digest).contains(&id3));
@@ -219,6 +226,22 @@ fn a_node_that_was_away_converges_without_reads() {
         assert!(blob_file(&cluster.members[2], digest).is_file());
     }
     assert_eq!(cluster.metric(2, "wharf_replication_backlog"), 0);
+
+    tracing::info!("--- cut off without a restart: SIGSTOP, push, SIGCONT");
+    cluster.signal(2, "STOP");
+    let digests = push_three_images(&cluster, "cut/app");
+    for digest in &digests {
+        assert!(!holders(&cluster, 0, digest).contains(&id3));
+    }
+    cluster.signal(2, "CONT");
+    for digest in &digests {
+        wait_until(
+            &format!("node {id3} holds {digest} after the cut"),
+            Duration::from_secs(30),
+            || holders(&cluster, 0, digest).contains(&id3),
+        );
+        assert!(blob_file(&cluster.members[2], digest).is_file());
+    }
 }
 
 /// A flipped byte in a stored copy is never served: a read that meets it first is served from
