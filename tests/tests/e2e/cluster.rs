@@ -47,6 +47,19 @@ fn stranger(cluster: &TestCluster, name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Ctrl-C for a `wharf dev` process when its test fails half-way, so that no node outlives the
+/// test (`wharf dev` stops its nodes on SIGINT).
+struct StopDevOnPanic(u32);
+
+impl Drop for StopDevOnPanic {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if std::thread::panicking() && String::from_utf8_lossy(&cmdline).contains("wharf") {
+            signal(self.0, "INT");
+        }
+    }
+}
+
 /// Every tag of `name`, page by page.
 fn tags(http: &OciHttp, name: &str) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
@@ -104,6 +117,7 @@ fn dev_nodes_3_starts_a_cluster_in_one_command() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let _stop = StopDevOnPanic(dev.id());
     let out = || std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(90);
     while !out().contains("3 nodes on loopback") {
