@@ -149,6 +149,9 @@ fn take(
     }
 }
 
+/// A page of blob records and whether more follow.
+type RecordPage = (Vec<(Digest, wharf_meta::records::BlobRecord)>, bool);
+
 /// Per-digest retry state of the resync worker.
 struct Backoff {
     next_try: Instant,
@@ -263,15 +266,10 @@ impl Replicator {
     /// a corrupt copy is dropped from the holdings and replaced by a verified copy from a peer
     /// (DESIGN.md §1.4). Runs in the resync task, one blob at a time.
     async fn scrub(self: &Arc<Self>) -> Result<(), ReplicationError> {
-        use redb::ReadableDatabase as _;
         let mut after: Option<String> = None;
         let (mut checked, mut corrupt) = (0u64, 0u64);
         loop {
-            let (page, more) = {
-                let db = self.meta.state();
-                let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
-                wharf_meta::query::blobs_after(&txn, after.as_deref(), PAGE)?
-            };
+            let (page, more) = self.records_page(after.as_deref())?;
             for (digest, record) in &page {
                 if !record.holders.contains(&self.node_id) {
                     continue;
@@ -326,16 +324,11 @@ impl Replicator {
         backoff: &mut HashMap<Digest, Backoff>,
         check_disk: bool,
     ) -> Result<(), ReplicationError> {
-        use redb::ReadableDatabase as _;
         let mut after: Option<String> = None;
         let mut wanted = Vec::new();
         let mut backlog = 0u64;
         loop {
-            let (page, more) = {
-                let db = self.meta.state();
-                let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
-                wharf_meta::query::blobs_after(&txn, after.as_deref(), PAGE)?
-            };
+            let (page, more) = self.records_page(after.as_deref())?;
             for (digest, record) in &page {
                 let recorded = record.holders.contains(&self.node_id);
                 if recorded && !check_disk {
@@ -470,18 +463,21 @@ impl Replicator {
         Ok(short)
     }
 
+    /// One page of blob records after `after` (a digest), from a fresh read of the state.
+    fn records_page(&self, after: Option<&str>) -> Result<RecordPage, ReplicationError> {
+        use redb::ReadableDatabase as _;
+        let db = self.meta.state();
+        let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
+        Ok(wharf_meta::query::blobs_after(&txn, after, PAGE)?)
+    }
+
     fn each_record(
         &self,
         mut f: impl FnMut(&Digest, &wharf_meta::records::BlobRecord),
     ) -> Result<(), ReplicationError> {
-        use redb::ReadableDatabase as _;
         let mut after: Option<String> = None;
         loop {
-            let (page, more) = {
-                let db = self.meta.state();
-                let txn = db.begin_read().map_err(wharf_meta::MetaError::from)?;
-                wharf_meta::query::blobs_after(&txn, after.as_deref(), PAGE)?
-            };
+            let (page, more) = self.records_page(after.as_deref())?;
             for (digest, record) in &page {
                 f(digest, record);
             }

@@ -45,13 +45,7 @@ fn blob_file(m: &Member, digest: &str) -> std::path::PathBuf {
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut data = vec![0u8; n];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (Instant::now().elapsed().as_nanos() as u64);
-    for (i, b) in data.iter_mut().enumerate() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = (x >> (i % 8)) as u8;
-    }
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
     data
 }
 
