@@ -1413,6 +1413,12 @@ mod tests {
     fn holdings_change_only_for_members() {
         let mut sm = Sm::new();
         set_members(&sm, &[1, 2]);
+        let early = Command::HoldingsChanged {
+            node_id: 1,
+            added: Vec::new(),
+            removed: vec![digest(7)],
+        };
+        rejected_with(sm.apply(early), ErrorCode::Unsupported);
         for node_id in [1, 2] {
             sm.apply(Command::ReportNodeVersion {
                 node_id,

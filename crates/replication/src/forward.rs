@@ -89,20 +89,13 @@ impl Replicator {
         owner: NodeId,
         request: ForwardRequest,
     ) -> Result<Forwarded, ReplicationError> {
-        let connection = self.connection(owner).await?;
-        let (mut send, mut recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| peer_error(owner, e))?;
         let header = Request::Forward {
             from: self.node_id,
             method: request.method,
             uri: request.uri,
             headers: request.headers,
         };
-        send.write_all(&protocol::encode_request(&header))
-            .await
-            .map_err(|e| peer_error(owner, e))?;
+        let (send, mut recv) = self.open_request(owner, &header).await?;
         tokio::spawn(pump(request.body, send));
         // The owner answers once its handler is done (a PATCH has stored the whole body, a PUT
         // has copied the blob to min_copies members): no short deadline here.

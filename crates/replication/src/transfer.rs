@@ -70,10 +70,16 @@ pub(crate) async fn read_frame_within<T: for<'de> serde::Deserialize<'de>>(
         let mut len = [0u8; 4];
         recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
         let len = protocol::check_length(u32::from_be_bytes(len)).map_err(|e| e.to_string())?;
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Grown as bytes arrive: a peer announcing a large frame costs only what it sends.
+        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        while body.len() < len {
+            let want = len - body.len();
+            match recv.read_chunk(want, true).await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err("stream ended inside a frame".to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         protocol::decode(&body).map_err(|e| e.to_string())
     };
     tokio::time::timeout(within, read)
@@ -476,6 +482,23 @@ impl Replicator {
         Ok(connection)
     }
 
+    /// Opens a stream to `peer` and sends `request` on it.
+    pub(crate) async fn open_request(
+        &self,
+        peer: NodeId,
+        request: &Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), ReplicationError> {
+        let connection = self.connection(peer).await?;
+        let (mut send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| peer_error(peer, e))?;
+        send.write_all(&protocol::encode_request(request))
+            .await
+            .map_err(|e| peer_error(peer, e))?;
+        Ok((send, recv))
+    }
+
     /// Asks `peer` for `digest` from `offset` and checks its chunk list against the record.
     async fn open_fetch(
         &self,
@@ -484,19 +507,12 @@ impl Replicator {
         record: &BlobRecord,
         offset: u64,
     ) -> Result<(quinn::RecvStream, ChunkVerifier), ReplicationError> {
-        let connection = self.connection(peer).await?;
-        let (mut send, mut recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| peer_error(peer, e))?;
         let request = Request::Fetch {
             from: self.node_id,
             digest: digest.clone(),
             offset,
         };
-        send.write_all(&protocol::encode_request(&request))
-            .await
-            .map_err(|e| peer_error(peer, e))?;
+        let (mut send, mut recv) = self.open_request(peer, &request).await?;
         let _ = send.finish();
         let header: Response = read_frame(&mut recv)
             .await
@@ -814,11 +830,6 @@ impl Replicator {
     ) -> Result<(), ReplicationError> {
         let digest = &info.digest;
         let chunks = self.blobs.chunk_list(digest).await?;
-        let connection = self.connection(peer).await?;
-        let (mut send, mut recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| peer_error(peer, e))?;
         let request = Request::Push {
             from: self.node_id,
             digest: digest.clone(),
@@ -826,9 +837,7 @@ impl Replicator {
             chunk_size: chunks.chunk_size,
             chunk_hashes: protocol::hashes_to_hex(&chunks.hashes),
         };
-        send.write_all(&protocol::encode_request(&request))
-            .await
-            .map_err(|e| peer_error(peer, e))?;
+        let (mut send, mut recv) = self.open_request(peer, &request).await?;
         // The peer may first wait for receive buffers or re-check a copy it has.
         match read_frame_within::<Response>(&mut recv, PUSH_READY_TIMEOUT)
             .await

@@ -449,6 +449,16 @@ fn repair_restores_min_copies_after_the_uploader_dies() {
     assert_eq!(status, 201, "{body}");
     let data = random_bytes(TWO_CHUNKS);
     let digest = cluster.members[0].http().push_blob("od/app", &data);
+    // At the ack, before any background work could add one: two nodes have the file on disk.
+    let on_disk = cluster
+        .members
+        .iter()
+        .filter(|m| blob_file(m, &digest).is_file())
+        .count();
+    assert_eq!(
+        on_disk, 2,
+        "copies on disk when the upload was acknowledged"
+    );
     let ids: Vec<u64> = cluster.members.iter().map(|m| m.node_id).collect();
     wait_until(
         "two members record the upload",
