@@ -9,7 +9,6 @@
 //! Seeds: `$WHARF_TEST_SEED`, else a random one; every test logs it and names it on failure.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -248,10 +247,7 @@ impl WharfAt {
     /// for `/readyz`.
     pub fn start(bin: &Path, data_dir: &Path, log: &Path) -> WharfAt {
         for attempt in 1..=5 {
-            let addr = {
-                let l = TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().to_string()
-            };
+            let addr = crate::server::free_addr();
             let out = File::options().create(true).append(true).open(log).unwrap();
             let mut cmd = Command::new(bin);
             cmd.arg("dev")

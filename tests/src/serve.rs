@@ -23,11 +23,7 @@ impl Served {
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).unwrap();
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = wharf_testkit::ports::free_loopback_addr().port();
         let mut config = make_config(port);
         if !config.contains("[cluster]") {
             // Tests run side by side: the cluster listener takes any free loopback port.

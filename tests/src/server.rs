@@ -1,7 +1,6 @@
 //! [`Wharf`]: one `wharf dev` process per test, on a fresh data dir and a free loopback port.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -350,10 +349,10 @@ fn external_registry() -> Option<String> {
     Some(addr)
 }
 
-/// A `127.0.0.1:PORT` that was free a moment ago.
+/// A `127.0.0.1:PORT` that was free a moment ago, outside the kernel's ephemeral range (see
+/// [`wharf_testkit::ports`]).
 pub fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    wharf_testkit::ports::free_loopback_addr().to_string()
 }
 
 /// Sends `signal` (a name for `kill -s`, e.g. `TERM`) to the process `pid`, which we started.

@@ -274,9 +274,7 @@ impl InProcessCluster {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+    crate::ports::free_loopback_addr()
 }
 
 #[cfg(test)]

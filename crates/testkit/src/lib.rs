@@ -61,3 +61,4 @@
 pub mod cluster;
 pub mod lazyfs;
 pub mod model;
+pub mod ports;
