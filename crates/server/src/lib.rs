@@ -236,6 +236,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let data_dir: PathBuf = config.server.data_dir.clone();
+    let bound = listener::bind(&config).await?;
     let cluster = start_cluster(&config, &options).await?;
     let node_id = cluster.node_id();
     tracing::info!(node_id, cluster_id = cluster.cluster_id(), cluster_addr = %cluster.cluster_addr(), data_dir = %data_dir.display(), "starting");
@@ -265,7 +266,7 @@ pub async fn run(
         node_id,
     );
     replication.set_forward_handler(forwarding::handler(app.clone()));
-    let served = listener::serve(&config, app, shutdown).await;
+    let served = listener::serve(bound, app, shutdown).await;
     sweeper.abort();
     replication.shutdown().await;
     cluster.shutdown().await;

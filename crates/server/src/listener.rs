@@ -19,14 +19,28 @@ use crate::ServerError;
 /// How long in-flight requests get after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The client listener, bound (and its TLS certificate read) before the node starts its cluster
+/// work, so that a taken port or a bad certificate stops the node before it joins anything.
+/// Connections that arrive before [`serve`] wait in the kernel's backlog.
+pub(crate) struct Bound {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+pub(crate) async fn bind(config: &Config) -> Result<Bound, ServerError> {
+    let tls = config.http.tls.as_ref().map(tls_acceptor).transpose()?;
+    let listener = TcpListener::bind(config.server.listen).await?;
+    Ok(Bound { listener, tls })
+}
+
 pub(crate) async fn serve(
-    config: &Config,
+    bound: Bound,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(config.server.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, tls = config.http.tls.is_some(), "listening");
-    match &config.http.tls {
+    let Bound { listener, tls } = bound;
+    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
+    match tls {
         None => {
             // Graceful: stop accepting, let in-flight requests finish, but not for ever.
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -52,7 +66,7 @@ pub(crate) async fn serve(
             }
             Ok(())
         }
-        Some(tls) => serve_tls(listener, tls_acceptor(tls)?, app, shutdown).await,
+        Some(acceptor) => serve_tls(listener, acceptor, app, shutdown).await,
     }
 }
 
