@@ -49,6 +49,11 @@ enum RepoCommand {
         /// commit) or on-demand (the uploads' min_copies, plus nodes that read them).
         #[arg(long, default_value = "all-regions", value_parser = ["all-regions", "on-demand"])]
         replication: String,
+        /// Data residency: store its bytes only on nodes of these regions (comma-separated;
+        /// the replication policy then applies within them). Other nodes forward its writes
+        /// and stream its reads without keeping a copy. Default: every region.
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
     },
     /// List repositories.
     List,
@@ -65,8 +70,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
             allow_sparse_index,
             consistency,
             replication,
+            regions,
         } => {
-            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index, "consistency": consistency, "replication": replication });
+            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index, "consistency": consistency, "replication": replication, "regions": regions });
             let response = client
                 .post(format!("{base}/api/v1/repos"))
                 .json(&body)
@@ -81,9 +87,14 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
                 println!("{value}");
             } else {
                 println!(
-                    "created {} repository {name}{}",
+                    "created {} repository {name}{}{}",
                     format.as_str(),
-                    if immutable { " (immutable)" } else { "" }
+                    if immutable { " (immutable)" } else { "" },
+                    if regions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", stored in {}", regions.join(", "))
+                    }
                 );
             }
         }
@@ -92,13 +103,28 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
             if args.client.json {
                 println!("{value}");
             } else {
-                println!("{:<32} {:<8} IMMUTABLE", "NAME", "FORMAT");
+                println!(
+                    "{:<32} {:<8} {:<9} {:<12} REGIONS",
+                    "NAME", "FORMAT", "IMMUTABLE", "REPLICATION"
+                );
                 for repo in value["repositories"].as_array().into_iter().flatten() {
+                    let regions: Vec<&str> = repo["regions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
                     println!(
-                        "{:<32} {:<8} {}",
+                        "{:<32} {:<8} {:<9} {:<12} {}",
                         repo["name"].as_str().unwrap_or_default(),
                         repo["format"].as_str().unwrap_or_default(),
-                        repo["immutable"].as_bool().unwrap_or_default()
+                        repo["immutable"].as_bool().unwrap_or_default(),
+                        repo["replication"].as_str().unwrap_or_default(),
+                        if regions.is_empty() {
+                            "all".to_string()
+                        } else {
+                            regions.join(",")
+                        }
                     );
                 }
             }

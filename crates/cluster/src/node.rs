@@ -1104,6 +1104,7 @@ mod tests {
                 allow_sparse_index: false,
                 consistency: wharf_meta::Consistency::Strong,
                 replication: Default::default(),
+                regions: Default::default(),
             },
             if_absent: true,
         }

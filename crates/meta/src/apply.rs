@@ -6,6 +6,8 @@
 //! never before proposing. Nothing here reads a clock, a random source, node-local config or
 //! the disk outside the state machine; time comes from the envelope.
 
+use std::collections::BTreeSet;
+
 use redb::{ReadableTable, TableHandle, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 use wharf_types::{Digest, ErrorCode, Format, ImageName, NodeId, RepoName, Tag};
@@ -215,6 +217,13 @@ impl Ctx<'_> {
             }
             return Ok(Ok(Outcome::Unchanged));
         }
+        if let Some(bad) = settings
+            .regions
+            .iter()
+            .find_map(|r| crate::command::check_region_name(r).err())
+        {
+            return Ok(Err(Rejection::new(ErrorCode::BadRequest, bad)));
+        }
         let record = RepoRecord {
             settings: settings.clone(),
             created_ms: self.now_ms,
@@ -231,10 +240,11 @@ impl Ctx<'_> {
         chunk_root: &Digest,
         holder: NodeId,
     ) -> Result<Verdict> {
-        if let Err(r) = self.require_repo(repo, None)? {
-            return Ok(Err(r));
-        }
-        self.record_blob(digest, size, chunk_root, holder)?;
+        let settings = match self.require_repo(repo, None)? {
+            Ok(record) => record.settings,
+            Err(r) => return Ok(Err(r)),
+        };
+        self.record_blob(digest, size, chunk_root, holder, residency(&settings))?;
         self.link(repo, digest, size)
     }
 
@@ -327,7 +337,13 @@ impl Ctx<'_> {
         }
 
         let mut changed = false;
-        self.record_blob(&put.digest, put.size, &put.chunk_root, put.holder)?;
+        self.record_blob(
+            &put.digest,
+            put.size,
+            &put.chunk_root,
+            put.holder,
+            residency(&repo.settings),
+        )?;
         self.note_placement(&repo_name, &put.digest)?;
         if self.manifest(&put.name, &put.digest)?.is_none() {
             let record = ManifestRecord {
@@ -498,7 +514,7 @@ impl Ctx<'_> {
                 )));
             }
         }
-        self.record_blob(digest, size, chunk_root, holder)?;
+        self.record_blob(digest, size, chunk_root, holder, residency(&repo.settings))?;
         self.note_placement(repo_name, digest)?;
         let record = FileRecord {
             digest: digest.clone(),
@@ -701,6 +717,11 @@ impl Ctx<'_> {
         if members.is_some_and(|m| !m.contains(&node_id)) {
             return Ok(Ok(Outcome::Unchanged));
         }
+        // A copy pushed before its upload is committed creates the record; from cluster version
+        // 4 it starts placed nowhere (the first repository to link it places it), so that a
+        // residency-pinned upload's record never opens it to every region. Older versions
+        // placed it anywhere; the version keeps every member's state identical.
+        let unplaced = (crate::versions::cluster_version_in(self.txn)? >= 4).then(BTreeSet::new);
         let mut changed = false;
         for blob in added {
             let existing = get_json::<BlobRecord>(
@@ -712,7 +733,13 @@ impl Ctx<'_> {
                 // Not the committed bytes: such a copy could never serve a fetch.
                 continue;
             }
-            changed |= self.record_blob(&blob.digest, blob.size, &blob.chunk_root, node_id)?;
+            changed |= self.record_blob(
+                &blob.digest,
+                blob.size,
+                &blob.chunk_root,
+                node_id,
+                unplaced.clone(),
+            )?;
         }
         for digest in removed {
             let text = digest.to_string();
@@ -731,32 +758,47 @@ impl Ctx<'_> {
         }))
     }
 
-    /// A blob linked into `repo`: if the repository wants copies everywhere, so does the blob.
+    /// A blob linked into `repo`: if the repository wants copies everywhere, so does the blob;
+    /// its residency widens to the repository's regions (or to anywhere, for a repository
+    /// without residency).
     fn note_placement(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let wants_all = self
-            .repo(repo)?
-            .is_some_and(|r| r.settings.replication == ReplicationPolicy::AllRegions);
-        if !wants_all {
+        let Some(settings) = self.repo(repo)?.map(|r| r.settings) else {
             return Ok(());
-        }
+        };
         let text = digest.to_string();
         let k = text.as_bytes();
-        if let Some(mut record) = get_json::<BlobRecord>(self.txn, tables::BLOBS, k)?
-            && record.on_demand
-        {
+        let Some(mut record) = get_json::<BlobRecord>(self.txn, tables::BLOBS, k)? else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if settings.replication == ReplicationPolicy::AllRegions && record.on_demand {
             record.on_demand = false;
+            changed = true;
+        }
+        if let Some(regions) = &mut record.regions {
+            if settings.regions.is_empty() {
+                record.regions = None;
+                changed = true;
+            } else if !settings.regions.is_subset(regions) {
+                regions.extend(settings.regions.iter().cloned());
+                changed = true;
+            }
+        }
+        if changed {
             put_json(self.txn, tables::BLOBS, k, &record)?;
         }
         Ok(())
     }
 
-    /// Adds `holder` to a blob's holders (creating its record); whether anything changed.
+    /// Adds `holder` to a blob's holders (creating its record, with `regions` as its residency);
+    /// whether anything changed.
     fn record_blob(
         &self,
         digest: &Digest,
         size: u64,
         chunk_root: &Digest,
         holder: NodeId,
+        regions: Option<BTreeSet<String>>,
     ) -> Result<bool> {
         let text = digest.to_string();
         let k = text.as_bytes();
@@ -767,6 +809,7 @@ impl Ctx<'_> {
                 holders: Default::default(),
                 // Until a repository that wants copies everywhere links it.
                 on_demand: true,
+                regions,
             });
         if record.holders.insert(holder) {
             put_json(self.txn, tables::BLOBS, k, &record)?;
@@ -774,6 +817,11 @@ impl Ctx<'_> {
         }
         Ok(false)
     }
+}
+
+/// The residency a repository gives a blob it is the first to record: its regions, or anywhere.
+fn residency(settings: &RepoSettings) -> Option<BTreeSet<String>> {
+    (!settings.regions.is_empty()).then(|| settings.regions.clone())
 }
 
 fn table_name(table: StateTable) -> String {
@@ -881,6 +929,7 @@ mod tests {
                 allow_sparse_index: sparse,
                 consistency: crate::command::Consistency::Strong,
                 replication: Default::default(),
+                regions: Default::default(),
             };
             let r = self.apply(Command::CreateRepo {
                 name: RepoName::new(name).unwrap(),
@@ -1128,6 +1177,7 @@ mod tests {
             allow_sparse_index: false,
             consistency: crate::command::Consistency::Strong,
             replication: Default::default(),
+            regions: Default::default(),
         };
         let create = Command::CreateRepo {
             name: RepoName::new("r").unwrap(),
@@ -1383,6 +1433,7 @@ mod tests {
             allow_sparse_index: false,
             consistency: crate::command::Consistency::Strong,
             replication: ReplicationPolicy::OnDemand,
+            regions: Default::default(),
         };
         sm.apply(Command::CreateRepo {
             name: RepoName::new("lazy").unwrap(),
@@ -1407,6 +1458,95 @@ mod tests {
         assert!(!on_demand(&sm, &digest(2)));
     }
 
+    /// Raises the cluster version to the newest this binary supports, as `members` report it.
+    fn raise_cluster_version(sm: &mut Sm, members: &[NodeId]) {
+        for &node_id in members {
+            sm.apply(Command::ReportNodeVersion {
+                node_id,
+                supported: crate::versions::SUPPORTED_CLUSTER_VERSION,
+            });
+        }
+        sm.apply(Command::SetClusterVersion {
+            version: crate::versions::SUPPORTED_CLUSTER_VERSION,
+        });
+    }
+
+    /// Data residency: a blob first recorded by a pinned repository may be stored only in its
+    /// regions — also when a copy pushed before the commit created its record; linking it into
+    /// another pinned repository widens it to both, into one without residency to anywhere.
+    /// A pinned repository needs cluster version 4 and region names.
+    #[test]
+    fn residency_follows_the_repositories_that_link_a_blob() {
+        let mut sm = Sm::new();
+        set_members(&sm, &[1, 2]);
+        let create = |name: &str, regions: &[&str]| Command::CreateRepo {
+            name: RepoName::new(name).unwrap(),
+            settings: RepoSettings {
+                format: Format::Oci,
+                immutable: false,
+                allow_sparse_index: false,
+                consistency: crate::command::Consistency::Strong,
+                replication: ReplicationPolicy::AllRegions,
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+            },
+            if_absent: false,
+        };
+        rejected_with(sm.apply(create("eu", &["eu-west"])), ErrorCode::Unsupported);
+        raise_cluster_version(&mut sm, &[1, 2]);
+        rejected_with(sm.apply(create("bad", &["eu west"])), ErrorCode::BadRequest);
+        for (name, regions) in [
+            ("eu", &["eu-west"][..]),
+            ("us", &["us-east"]),
+            ("open", &[]),
+        ] {
+            assert_eq!(
+                sm.apply(create(name, regions)),
+                CommandResult::Ok(Outcome::Applied)
+            );
+        }
+        let regions = |sm: &Sm, d: &Digest| {
+            let txn = sm.db.begin_read().unwrap();
+            let record = crate::query::blob(&txn, d).unwrap().unwrap();
+            (
+                record
+                    .regions
+                    .clone()
+                    .map(|r| r.into_iter().collect::<Vec<_>>()),
+                record.stores_in("eu-west"),
+                record.stores_in("ap-south"),
+            )
+        };
+        // A copy pushed to node 2 before the upload is committed: placed nowhere yet.
+        sm.apply(Command::HoldingsChanged {
+            node_id: 2,
+            added: vec![HeldBlob {
+                digest: digest(1),
+                size: 10,
+                chunk_root: digest(1),
+            }],
+            removed: Vec::new(),
+        });
+        assert_eq!(regions(&sm, &digest(1)), (Some(vec![]), false, false));
+        sm.link("eu", &digest(1));
+        let eu = Some(vec!["eu-west".to_string()]);
+        assert_eq!(regions(&sm, &digest(1)), (eu.clone(), true, false));
+        sm.link("us", &digest(1));
+        let both = Some(vec!["eu-west".to_string(), "us-east".to_string()]);
+        assert_eq!(regions(&sm, &digest(1)), (both, true, false));
+        sm.link("open", &digest(1));
+        assert_eq!(regions(&sm, &digest(1)), (None, true, true));
+
+        sm.link("eu", &digest(2));
+        assert_eq!(regions(&sm, &digest(2)), (eu, true, false));
+        sm.link("open", &digest(3));
+        sm.link("eu", &digest(3));
+        assert_eq!(
+            regions(&sm, &digest(3)),
+            (None, true, true),
+            "already anywhere"
+        );
+    }
+
     /// Holdings (DESIGN.md §1.2): a node adds and removes only its own; a blob first heard of
     /// through a holding gets a record without any link; a non-member's report changes nothing.
     #[test]
@@ -1419,15 +1559,7 @@ mod tests {
             removed: vec![digest(7)],
         };
         rejected_with(sm.apply(early), ErrorCode::Unsupported);
-        for node_id in [1, 2] {
-            sm.apply(Command::ReportNodeVersion {
-                node_id,
-                supported: crate::versions::SUPPORTED_CLUSTER_VERSION,
-            });
-        }
-        sm.apply(Command::SetClusterVersion {
-            version: crate::versions::SUPPORTED_CLUSTER_VERSION,
-        });
+        raise_cluster_version(&mut sm, &[1, 2]);
         let held = HeldBlob {
             digest: digest(7),
             size: 5,

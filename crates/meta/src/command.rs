@@ -5,7 +5,7 @@
 //! ([`Envelope::version`]) and old variants are never removed or reordered; new ones are added
 //! at the end (serde's externally tagged enums keep that compatible).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use wharf_types::{Digest, ErrorCode, Format, ImageName, NodeId, RepoName, Tag};
@@ -54,6 +54,34 @@ pub struct RepoSettings {
     /// Where the repository's blobs are copied (DESIGN.md §4 "Replication").
     #[serde(default)]
     pub replication: ReplicationPolicy,
+    /// Data residency: when not empty, the repository's bytes are stored only on nodes of these
+    /// regions (`replication` then applies within them); other nodes forward its writes and
+    /// stream its reads without keeping a copy. Since cluster version 4.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub regions: BTreeSet<String>,
+}
+
+impl RepoSettings {
+    /// Whether this repository lets a node of `region` store its bytes.
+    pub fn stores_in(&self, region: &str) -> bool {
+        self.regions.is_empty() || self.regions.contains(region)
+    }
+}
+
+/// Why a region name cannot be used in a repository's `regions`.
+pub fn check_region_name(region: &str) -> Result<(), String> {
+    let ok = !region.is_empty()
+        && region.len() <= 64
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "region {region:?} is not a region name (1 to 64 letters, digits, '-', '_' or '.')"
+        ))
+    }
 }
 
 /// Which nodes keep a copy of a repository's blobs.

@@ -25,6 +25,18 @@ pub struct BlobRecord {
     /// links it yet): nodes fetch it only when read. Absent in older records: copies everywhere.
     #[serde(default)]
     pub on_demand: bool,
+    /// Data residency: the regions whose nodes may store it — the union of the `regions` of the
+    /// repositories linking it, or `None` (anywhere) once a repository without residency links
+    /// it. Absent in older records: anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<BTreeSet<String>>,
+}
+
+impl BlobRecord {
+    /// Whether a node of `region` may keep a copy.
+    pub fn stores_in(&self, region: &str) -> bool {
+        self.regions.as_ref().is_none_or(|r| r.contains(region))
+    }
 }
 
 /// A blob's link into one repository (DESIGN.md §1.9).

@@ -23,9 +23,9 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.repo_for_write(ctx, repo, Format::Generic).await?;
+        let record = self.repo_for_write(ctx, repo, Format::Generic).await?;
         let stored = self
-            .store_blob(BlobSource::Stream(body), expected, None)
+            .store_blob(&record.settings, BlobSource::Stream(body), expected, None)
             .await?;
         let command = Command::PutFile {
             repo: repo.clone(),

@@ -155,8 +155,13 @@ impl Registry {
     /// returns, and copies are pushed to peers until `durability.min_copies` members of the
     /// configuration hold verified, fsync'd bytes (else NOT_ENOUGH_COPIES, 503: nothing may be
     /// acknowledged, DESIGN.md §1.2). The caller then commits the command that references it.
+    ///
+    /// A repository with data residency (`settings.regions`) stores only on nodes of its
+    /// regions: elsewhere this refuses before storing anything (the server forwards such
+    /// writes to a node of those regions first).
     pub async fn store_blob<S, E>(
         &self,
+        settings: &RepoSettings,
         source: BlobSource<S>,
         expected: Option<&Digest>,
         expected_size: Option<u64>,
@@ -165,6 +170,24 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let Some(replication) = &self.replication
+            && !settings.stores_in(replication.region())
+        {
+            return Err(RegistryError::new(
+                ErrorCode::NotHeldHere,
+                format!(
+                    "the repository keeps its bytes in region(s) {}; this node is in {} and no \
+                     node of those regions took the write",
+                    settings
+                        .regions
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    replication.region()
+                ),
+            ));
+        }
         let stored = match source {
             BlobSource::Upload(session) => {
                 let Some(expected) = expected else {
@@ -200,7 +223,7 @@ impl Registry {
                 .map(|r| r.holders)
                 .unwrap_or_default();
             replication
-                .ensure_copies(&info, &holders)
+                .ensure_copies(&info, &holders, &settings.regions)
                 .await
                 .map_err(replication_error)?;
         }
@@ -335,6 +358,7 @@ impl Registry {
                     allow_sparse_index: false,
                     consistency: wharf_meta::Consistency::Strong,
                     replication: Default::default(),
+                    regions: Default::default(),
                 };
                 self.propose_create_repo(ctx, name, settings, true).await?;
                 self.repo(name).await?
@@ -471,10 +495,13 @@ impl Registry {
         {
             return Err(wharf_blob::BlobError::RangeNotSatisfiable { size: record.size }.into());
         }
-        replication
-            .read_through(digest, &record, range)
-            .await
-            .map_err(replication_error)
+        let reader = if record.stores_in(replication.region()) {
+            replication.read_through(digest, &record, range).await
+        } else {
+            // Data residency: this node streams the bytes without keeping them.
+            replication.stream_through(digest, &record, range).await
+        };
+        reader.map_err(replication_error)
     }
 
     /// Opens a stored blob for reading (whole or an inclusive range), chunk-verified.
@@ -595,6 +622,7 @@ mod tests {
             allow_sparse_index: false,
             consistency: wharf_meta::Consistency::Strong,
             replication: Default::default(),
+            regions: Default::default(),
         };
         let mut stuck = Vec::new();
         for i in 0..MAX_PROPOSALS_IN_FLIGHT {

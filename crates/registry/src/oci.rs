@@ -112,10 +112,11 @@ impl Registry {
         digest: &Digest,
         manifest: NewManifest,
     ) -> Result<()> {
-        self.repo_for_write(ctx, &name.repo(), Format::Oci).await?;
+        let record = self.repo_for_write(ctx, &name.repo(), Format::Oci).await?;
         let size = bytes.len() as u64;
         let stored = self
             .store_blob(
+                &record.settings,
                 BlobSource::<futures::stream::Empty<std::io::Result<Bytes>>>::Bytes(bytes),
                 Some(digest),
                 Some(size),

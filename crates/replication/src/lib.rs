@@ -229,6 +229,11 @@ impl Replicator {
         Ok(replicator)
     }
 
+    /// This node's region (placement and data residency go by it).
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// Where the QUIC endpoint is bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint

@@ -232,6 +232,11 @@ impl Replicator {
         let needed = crate::placement::min_copies(self.min_copies, members);
         let mut short = Vec::new();
         self.each_record(|digest, record| {
+            // A blob this node may not store (data residency) is left to its regions' nodes,
+            // whose resync workers fetch it (all-regions); see the crate docs.
+            if !record.stores_in(&self.region) {
+                return;
+            }
             let copies = live.iter().filter(|id| record.holders.contains(id)).count();
             if copies > 0 && copies < needed {
                 let mut record = record.clone();
@@ -243,7 +248,10 @@ impl Replicator {
         for (digest, record) in short {
             let result = if record.holders.contains(&self.node_id) {
                 match self.blobs.info(&digest).await? {
-                    Some(info) => self.ensure_copies(&info, &record.holders).await.map(|_| ()),
+                    Some(info) => self
+                        .ensure_copies(&info, &record.holders, &residency(&record))
+                        .await
+                        .map(|_| ()),
                     None => self.ensure_local(&digest, &record).await,
                 }
             } else {
@@ -338,14 +346,16 @@ impl Replicator {
                     Ok(info) => info.filter(|i| i.size == record.size),
                     Err(_) => None,
                 };
+                // Not wanted everywhere (copies come from uploads, reads and repairs), or not
+                // in this node's region (data residency).
+                let wanted_here = !record.on_demand && record.stores_in(&self.region);
                 match (recorded, on_disk) {
                     (true, Some(_)) => {}
-                    // Not wanted everywhere: copies come from uploads, reads and repairs.
-                    (false, None) if record.on_demand => {}
+                    (false, None) if !wanted_here => {}
                     (true, None) => {
                         tracing::warn!(%digest, "holdings say this node holds a blob its disk lacks; fetching it again");
                         self.report(HoldingChange::Remove(digest.clone()));
-                        if !record.on_demand {
+                        if wanted_here {
                             backlog += 1;
                             wanted.push((digest.clone(), record.clone()));
                         }
@@ -412,7 +422,8 @@ use futures::StreamExt as _;
 
 /// Copies across the cluster, as this node's state records them.
 impl Replicator {
-    /// Per member: how many blobs it does not hold yet (every member should hold every blob).
+    /// Per member: how many blobs it should hold but does not yet (those wanted everywhere
+    /// that its region may store).
     pub fn backlog_by_member(
         &self,
     ) -> Result<std::collections::BTreeMap<wharf_types::NodeId, u64>, ReplicationError> {
@@ -420,13 +431,17 @@ impl Replicator {
             .cluster
             .members()
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|(id, info)| (id, info.region))
             .collect();
         let mut backlog: std::collections::BTreeMap<_, u64> =
-            members.iter().map(|id| (*id, 0)).collect();
+            members.iter().map(|(id, _)| (*id, 0)).collect();
         self.each_record(|_, record| {
-            for id in &members {
+            if record.on_demand {
+                return;
+            }
+            for (id, region) in &members {
                 if !record.holders.contains(id)
+                    && record.stores_in(region)
                     && let Some(n) = backlog.get_mut(id)
                 {
                     *n += 1;
@@ -487,4 +502,9 @@ impl Replicator {
             }
         }
     }
+}
+
+/// A record's residency as [`Replicator::ensure_copies`] takes it (empty: anywhere).
+fn residency(record: &wharf_meta::records::BlobRecord) -> std::collections::BTreeSet<String> {
+    record.regions.clone().unwrap_or_default()
 }

@@ -230,6 +230,20 @@ impl Replicator {
             .collect()
     }
 
+    /// The nearest other member in one of `regions` that is known to be up (on a follower:
+    /// any member), to run a write of a residency-pinned repository.
+    pub fn nearest_in(&self, regions: &BTreeSet<String>) -> Option<NodeId> {
+        let live = self.cluster.live_members();
+        let candidates: Vec<Peer> = self
+            .peers()
+            .into_iter()
+            .filter(|p| regions.contains(&p.region) && live.contains(&p.id))
+            .collect();
+        placement::nearest_first(&candidates, &self.region)
+            .first()
+            .copied()
+    }
+
     /// Members other than this node that hold `record`, nearest first.
     pub(crate) fn holders_nearest(&self, record: &BlobRecord) -> Vec<NodeId> {
         let holders: Vec<Peer> = self
@@ -755,26 +769,90 @@ impl Replicator {
         Ok(self.blobs.read(digest, range).await?)
     }
 
+    /// Reads a blob this node may not keep (data residency: its region is not one of the
+    /// blob's): streamed from the nearest holders, verified chunk by chunk, and written nowhere
+    /// (DESIGN.md §4 "Pull"). A holder that fails mid-way is replaced by the next one from the
+    /// first byte not yet sent. The first holder is asked before this returns, so that a blob
+    /// no holder can send is an error response, not an aborted body.
+    pub async fn stream_through(
+        self: &Arc<Self>,
+        digest: &Digest,
+        record: &BlobRecord,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobReader, ReplicationError> {
+        let last = record.size.saturating_sub(1);
+        let (start, len) = match range {
+            Some((start, end)) => (start, end.min(last).saturating_sub(start) + 1),
+            None => (0, record.size),
+        };
+        let holders = self.holders_nearest(record);
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(transfer_permits())
+            .await
+            .map_err(|e| ReplicationError::Setup(e.to_string()))?;
+        let mut passing = PassThrough {
+            me: Arc::clone(self),
+            digest: digest.clone(),
+            record: record.clone(),
+            holders: holders.into_iter().collect(),
+            failures: Vec::new(),
+            next: start,
+            end: start + len,
+        };
+        let first = passing.open_next().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = passing.send_all(first, &tx).await {
+                let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(BlobReader {
+            size: record.size,
+            start,
+            len,
+            stream: Box::pin(stream),
+        })
+    }
+
     /// Pushes copies of a blob stored here until `min_copies` members of the configuration
     /// hold verified, fsync'd bytes (DESIGN.md §1.2); returns how many do. Members already
     /// recorded as holders count without a transfer.
+    ///
+    /// `regions` (data residency; empty: anywhere) limits the members that may take a copy.
     pub async fn ensure_copies(
         self: &Arc<Self>,
         info: &BlobInfo,
         recorded_holders: &BTreeSet<NodeId>,
+        regions: &BTreeSet<String>,
     ) -> Result<usize, ReplicationError> {
+        let stores_in = |region: &str| regions.is_empty() || regions.contains(region);
         let members = self.cluster.members();
         let needed = placement::min_copies(self.min_copies, members.len());
-        let mut have: BTreeSet<NodeId> = members
+        let eligible: Vec<NodeId> = members
             .iter()
+            .filter(|(_, info)| stores_in(&info.region))
             .map(|(id, _)| *id)
+            .collect();
+        let mut have: BTreeSet<NodeId> = eligible
+            .iter()
+            .copied()
             .filter(|id| recorded_holders.contains(id))
             .collect();
         have.insert(self.node_id);
         if have.len() >= needed {
             return Ok(have.len());
         }
-        let peers = self.peers();
+        let peers: Vec<Peer> = self
+            .peers()
+            .into_iter()
+            .filter(|p| stores_in(&p.region))
+            .collect();
         let mut targets = placement::push_targets(&peers, &have, &self.region).into_iter();
         let mut running = FuturesUnordered::new();
         let mut failures = Vec::new();
@@ -802,10 +880,16 @@ impl Replicator {
         if have.len() >= needed {
             return Ok(have.len());
         }
-        let reason = if failures.is_empty() {
+        let reason = if !failures.is_empty() {
+            failures.join("; ")
+        } else if regions.is_empty() {
             format!("the configuration has {} member(s)", members.len())
         } else {
-            failures.join("; ")
+            format!(
+                "the repository keeps its bytes in region(s) {}, which have {} member(s)",
+                regions.iter().cloned().collect::<Vec<_>>().join(", "),
+                eligible.len()
+            )
         };
         Err(ReplicationError::NotEnoughCopies {
             have: have.len(),
@@ -928,6 +1012,94 @@ impl Replicator {
 /// Hands a verified chunk to the reader streaming a fill, if it still reads. A reader gone, or
 /// one that takes nothing for [`STALL_TIMEOUT`], is let go (its response ends short, so its
 /// client sees an error): the fill goes on without it.
+/// One read streamed through this node: the holders left to ask and the bytes still owed.
+struct PassThrough {
+    me: Arc<Replicator>,
+    digest: Digest,
+    record: BlobRecord,
+    holders: VecDeque<NodeId>,
+    failures: Vec<String>,
+    /// The first byte the reader has not been sent.
+    next: u64,
+    /// Just past the last byte the reader wants.
+    end: u64,
+}
+
+type Opened = (NodeId, quinn::RecvStream, ChunkVerifier);
+
+impl PassThrough {
+    /// Asks the next holders, nearest first, for the chunks from the one holding `next`.
+    async fn open_next(&mut self) -> Result<Opened, ReplicationError> {
+        let aligned = self.next - self.next % wharf_blob::CHUNK_SIZE;
+        while let Some(peer) = self.holders.pop_front() {
+            match self
+                .me
+                .open_fetch(peer, &self.digest, &self.record, aligned)
+                .await
+            {
+                Ok((recv, verifier)) => return Ok((peer, recv, verifier)),
+                Err(e) => self.failures.push(e.to_string()),
+            }
+        }
+        if self.failures.is_empty() {
+            return Err(ReplicationError::NoHolder(self.digest.clone()));
+        }
+        Err(ReplicationError::Peer {
+            peer: 0,
+            message: format!(
+                "no holder could send {}: {}",
+                self.digest,
+                self.failures.join("; ")
+            ),
+        })
+    }
+
+    /// Sends the wanted bytes of each verified chunk to `tx`, moving to the next holder when
+    /// one fails; returns when everything was sent or the reader went away.
+    async fn send_all(
+        &mut self,
+        first: Opened,
+        tx: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    ) -> Result<(), ReplicationError> {
+        let mut opened = first;
+        loop {
+            let (peer, recv, verifier) = opened;
+            let mut chunks = verified_chunks(recv, verifier);
+            while let Some(item) = chunks.next().await {
+                let (chunk_end, bytes) = match item {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        tracing::info!(digest = %self.digest, peer, error = %e, "streaming through interrupted; resuming from another holder");
+                        self.failures.push(format!("node {peer}: {e}"));
+                        break;
+                    }
+                };
+                self.me.count_bytes(peer, bytes.len() as u64, 0);
+                let chunk_start = chunk_end - bytes.len() as u64;
+                let from = self.next.max(chunk_start);
+                let to = chunk_end.min(self.end);
+                if from < to {
+                    let piece = bytes.slice(
+                        usize::try_from(from - chunk_start).unwrap_or(usize::MAX)
+                            ..usize::try_from(to - chunk_start).unwrap_or(usize::MAX),
+                    );
+                    if tx.send(Ok(piece)).await.is_err() {
+                        return Ok(());
+                    }
+                    self.next = to;
+                }
+                if self.next >= self.end {
+                    return Ok(());
+                }
+            }
+            if self.next >= self.end {
+                return Ok(());
+            }
+            opened = self.open_next().await?;
+        }
+    }
+}
+
 async fn tee_to(reader: &std::sync::Mutex<Option<Tee>>, bytes: Bytes) {
     let Some(tee) = lock(reader).clone() else {
         return;

@@ -43,6 +43,9 @@ pub struct RepoView {
     /// `all-regions` (default) or `on-demand`.
     #[serde(default)]
     pub replication: wharf_meta::ReplicationPolicy,
+    /// Data residency: the regions whose nodes store its bytes (empty: every region).
+    #[serde(default)]
+    pub regions: std::collections::BTreeSet<String>,
     #[serde(default, skip_deserializing)]
     pub created_ms: u64,
 }
@@ -120,6 +123,7 @@ async fn list_repos(State(state): State<AdminState>) -> Response {
                     allow_sparse_index: r.settings.allow_sparse_index,
                     consistency: r.settings.consistency,
                     replication: r.settings.replication,
+                    regions: r.settings.regions,
                     created_ms: r.created_ms,
                 })
                 .collect();
@@ -166,6 +170,7 @@ async fn create_repo(State(state): State<AdminState>, request: Request) -> Respo
         allow_sparse_index: view.allow_sparse_index,
         consistency: view.consistency,
         replication: view.replication,
+        regions: view.regions.clone(),
     };
     match state
         .registry

@@ -1,6 +1,11 @@
-//! Upload sessions are node-local (DESIGN.md §4): a request for a session that another node
-//! owns (its id names the node) is run by the owner, over the blob-transfer connection, and
-//! its response streamed back — so a cluster behind a non-sticky load balancer works.
+//! Requests that another node must run, over the blob-transfer connection, with the response
+//! streamed back:
+//! - Upload sessions are node-local (DESIGN.md §4): a request for a session that another node
+//!   owns (its id names the node) is run by the owner — so a cluster behind a non-sticky load
+//!   balancer works.
+//! - A write that stores bytes of a repository with data residency, arriving on a node outside
+//!   its regions, is run by the nearest node of those regions (its upload session then lives
+//!   there, so the session's later requests follow by the rule above).
 
 use std::io;
 use std::sync::Arc;
@@ -35,6 +40,22 @@ const HOP_BY_HOP: &[&str] = &[
 pub(crate) struct UploadForwarding {
     pub node_id: NodeId,
     pub replication: Arc<Replicator>,
+    pub registry: wharf_registry::Registry,
+}
+
+/// The repository named by a request that stores bytes: an OCI upload start (`POST
+/// /v2/<repo>/…/blobs/uploads/`, also monolithic and mount), an OCI manifest `PUT`, or a generic
+/// file `PUT`.
+fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
+    if let Some(rest) = path.strip_prefix("/v2/") {
+        let stores = (*method == http::Method::POST && rest.ends_with("/blobs/uploads/"))
+            || (*method == http::Method::PUT && rest.contains("/manifests/"));
+        return stores.then(|| rest.split('/').next()).flatten();
+    }
+    if *method == http::Method::PUT {
+        return path.strip_prefix("/generic/")?.split('/').next();
+    }
+    None
 }
 
 /// The node that owns the upload session a path names, if it names one.
@@ -58,24 +79,62 @@ fn stream_of(body: Body) -> ForwardBody {
     Box::pin(body.into_data_stream().map(|r| r.map_err(io::Error::other)))
 }
 
-/// Middleware: runs requests for other nodes' upload sessions on their owner.
+/// The node that must run a write of a residency-pinned repository, when it is not this one;
+/// `Err` when none of the repository's regions has a live member.
+async fn resident_writer(
+    f: &UploadForwarding,
+    method: &http::Method,
+    path: &str,
+) -> Option<Result<NodeId, String>> {
+    let repo = storing_write(method, path)?;
+    let repo = wharf_types::RepoName::new(repo).ok()?;
+    // A repository that does not exist (yet) is the handler's to answer.
+    let settings = f.registry.repo(&repo).await.ok()?.settings;
+    if settings.stores_in(f.replication.region()) {
+        return None;
+    }
+    Some(f.replication.nearest_in(&settings.regions).ok_or_else(|| {
+        format!(
+            "repository {repo} keeps its bytes in region(s) {}, and no node there can be reached",
+            settings
+                .regions
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }))
+}
+
+/// Middleware: runs requests for other nodes' upload sessions on their owner, and writes of
+/// residency-pinned repositories on a node of their regions.
 pub(crate) async fn forward_foreign_uploads(
     State(f): State<UploadForwarding>,
     request: Request,
     next: Next,
 ) -> Response {
-    let owner = session_owner(request.uri().path());
-    let Some(owner) = owner.filter(|o| *o != f.node_id) else {
-        return next.run(request).await;
-    };
     let head = request.method() == http::Method::HEAD;
-    if request.headers().contains_key(FORWARDED_FROM) || !f.replication.is_member(owner) {
-        return oci_error(
-            ErrorCode::BlobUploadUnknown,
-            format!("no upload session {} is open", request.uri().path()),
-            head,
-        );
-    }
+    let forwarded = request.headers().contains_key(FORWARDED_FROM);
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let owner = match session_owner(&path) {
+        Some(owner) if owner == f.node_id => return next.run(request).await,
+        Some(owner) => {
+            if forwarded || !f.replication.is_member(owner) {
+                return oci_error(
+                    ErrorCode::BlobUploadUnknown,
+                    format!("no upload session {} is open", request.uri().path()),
+                    head,
+                );
+            }
+            owner
+        }
+        None if forwarded => return next.run(request).await,
+        None => match resident_writer(&f, &method, &path).await {
+            None => return next.run(request).await,
+            Some(Ok(node)) => node,
+            Some(Err(message)) => return oci_error(ErrorCode::NotHeldHere, message, head),
+        },
+    };
     let (parts, body) = request.into_parts();
     let mut headers = end_to_end(&parts.headers);
     headers.push((FORWARDED_FROM.to_string(), f.node_id.to_string()));
@@ -92,10 +151,10 @@ pub(crate) async fn forward_foreign_uploads(
     match f.replication.forward(owner, forwarded).await {
         Ok(response) => into_response(response),
         Err(e) => {
-            tracing::warn!(owner, error = %e, "could not forward a request to the upload's node");
+            tracing::warn!(owner, error = %e, "could not forward a request");
             oci_error(
                 ErrorCode::NotHeldHere,
-                format!("the upload session lives on node {owner}, which cannot be reached: {e}"),
+                format!("the request must run on node {owner}, which cannot be reached: {e}"),
                 head,
             )
         }
@@ -170,5 +229,22 @@ mod tests {
         assert_eq!(session_owner("/v2/a/b/blobs/uploads/"), None);
         assert_eq!(session_owner("/v2/a/b/blobs/uploads/nope"), None);
         assert_eq!(session_owner(&format!("/api/blobs/uploads/{id}")), None);
+    }
+
+    #[test]
+    fn writes_that_store_bytes_name_their_repository() {
+        use http::Method;
+        let cases = [
+            (Method::POST, "/v2/team/app/blobs/uploads/", Some("team")),
+            (Method::PUT, "/v2/team/app/manifests/v1", Some("team")),
+            (Method::PUT, "/generic/files/a/b.tgz", Some("files")),
+            (Method::GET, "/v2/team/app/manifests/v1", None),
+            (Method::PATCH, "/v2/team/app/blobs/uploads/1-ab", None),
+            (Method::DELETE, "/generic/files/a/b.tgz", None),
+            (Method::POST, "/api/v1/repos", None),
+        ];
+        for (method, path, repo) in cases {
+            assert_eq!(storing_write(&method, path), repo, "{method} {path}");
+        }
     }
 }

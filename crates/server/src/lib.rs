@@ -319,6 +319,7 @@ fn routes(
     replication: Arc<Replicator>,
     node_id: u64,
 ) -> Router {
+    let forwarding_registry = registry.clone();
     let oci = wharf_oci::router(wharf_oci::OciState {
         registry: registry.clone(),
         max_manifest_bytes: config.http.max_manifest_bytes,
@@ -361,6 +362,7 @@ fn routes(
             forwarding::UploadForwarding {
                 node_id,
                 replication,
+                registry: forwarding_registry,
             },
             forwarding::forward_foreign_uploads,
         ))

@@ -495,3 +495,114 @@ fn repair_restores_min_copies_after_the_uploader_dies() {
         );
     }
 }
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
+
+/// Data residency: a repository pinned to the regions of nodes 1 and 2 (us-east, eu-west),
+/// pushed with skopeo through node 3 (ap-south): node 3 forwards the writes, serves the image
+/// (whole and by `Range`) by streaming it, and never has any of its bytes on disk — not even an
+/// upload file; both pinned regions get a copy of every blob.
+#[test]
+fn a_residency_pinned_repository_never_stores_outside_its_regions() {
+    init_logging();
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    // A pinned repository needs cluster version 4, which a fresh cluster reaches by itself.
+    let create = serde_json::json!({"name": "eu", "format": "oci", "immutable": false,
+        "regions": ["us-east", "eu-west"]});
+    let mut created = (0, Value::Null);
+    wait_until(
+        "the pinned repository is created",
+        Duration::from_secs(30),
+        || {
+            created = cluster.post(0, "/api/v1/repos", create.clone());
+            created.0 == 201
+        },
+    );
+    let (status, body) = cluster.post(
+        0,
+        "/api/v1/repos",
+        serde_json::json!({"name": "bad", "format": "oci", "regions": ["eu west"]}),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    let outside = &cluster.members[2];
+    let env = ClientEnv::new(&outside.client);
+    let layout = env.join("layout");
+    let image = wharf_tests::oci::write_layout(&layout, "v1", TWO_CHUNKS);
+    run(env
+        .skopeo()
+        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{}/eu/app:v1", outside.client)));
+    let mut digests = vec![image.manifest.digest.clone(), image.config.digest.clone()];
+    digests.extend(image.layers.iter().map(|l| l.digest.clone()));
+
+    tracing::info!("--- pulled through node 3: identical");
+    let out = env.join("pulled");
+    run(env
+        .skopeo()
+        .args(["copy", "--preserve-digests", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/eu/app:v1", outside.client))
+        .arg(format!("oci:{}:v1", out.display())));
+    let pulled = Layout::open(&out);
+    assert_eq!(pulled.image("v1").manifest_bytes, image.manifest_bytes);
+    let layer = &image.layers[0];
+    let bytes = pulled.blob(&layer.digest);
+    assert_eq!(sha256_digest(&bytes), layer.digest);
+    let (status, part) = get_body(
+        outside,
+        &format!("/v2/eu/app/blobs/{}", layer.digest),
+        Some("bytes=4194000-4194999"),
+    );
+    assert_eq!(status, 206);
+    assert!(part.unwrap() == bytes[4_194_000..4_195_000], "range bytes");
+
+    tracing::info!("--- both pinned regions hold every blob, node 3 none");
+    let pinned = [cluster.members[0].node_id, cluster.members[1].node_id];
+    for digest in &digests {
+        wait_until(
+            &format!("{digest} is held by nodes {pinned:?}"),
+            Duration::from_secs(30),
+            || holders(&cluster, 0, digest) == pinned,
+        );
+    }
+    // Resync rounds run every second: give node 3 time to (wrongly) fetch.
+    std::thread::sleep(Duration::from_secs(3));
+    for digest in &digests {
+        assert_eq!(holders(&cluster, 0, digest), pinned);
+    }
+    let digests_on_disk: Vec<(std::path::PathBuf, String)> = files_under(&outside.dir)
+        .into_iter()
+        .map(|path| {
+            let digest = sha256_digest(&std::fs::read(&path).unwrap());
+            (path, digest)
+        })
+        .collect();
+    for (path, digest) in &digests_on_disk {
+        assert!(
+            !digests.contains(digest),
+            "{} on node 3 holds {digest}",
+            path.display()
+        );
+    }
+    let largest = digests_on_disk
+        .iter()
+        .map(|(p, _)| std::fs::metadata(p).unwrap().len())
+        .max();
+    tracing::info!(?largest, files = digests_on_disk.len(), "node 3's files");
+}

@@ -168,7 +168,7 @@ pub async fn start(
         let digest = parse_digest(&digest)?;
         // The repository is checked (or created in dev mode) before any bytes are stored, so a
         // push to a name that cannot take it stores nothing.
-        state
+        let record = state
             .registry
             .repo_for_write(ctx, &repo, Format::Oci)
             .await?;
@@ -176,7 +176,12 @@ pub async fn start(
         let body = wharf_http::stream_body(request.into_body());
         let stored = state
             .registry
-            .store_blob(BlobSource::Stream(body), Some(&digest), expected_size)
+            .store_blob(
+                &record.settings,
+                BlobSource::Stream(body),
+                Some(&digest),
+                expected_size,
+            )
             .await?;
         state.registry.link_blob(ctx, &repo, &stored).await?;
         return Ok(blob_created(name, &digest));
@@ -287,9 +292,10 @@ pub async fn finish(
     }
     let no_body: BlobSource<futures::stream::Empty<Result<bytes::Bytes, std::io::Error>>> =
         BlobSource::Upload(session.to_string());
+    let record = state.registry.repo(&name.repo()).await?;
     let stored = state
         .registry
-        .store_blob(no_body, Some(&digest), None)
+        .store_blob(&record.settings, no_body, Some(&digest), None)
         .await?;
     state.registry.link_blob(ctx, &name.repo(), &stored).await?;
     Ok(blob_created(name, &digest))
