@@ -456,6 +456,13 @@ impl Replicator {
     /// other members, and blobs the others hold fewer than `min_copies` of (the leaving node's
     /// own copy may not be recorded yet).
     pub fn short_without(&self, leaving: wharf_types::NodeId) -> Result<u64, ReplicationError> {
+        Ok(self.records_short_without(leaving)?.len() as u64)
+    }
+
+    fn records_short_without(
+        &self,
+        leaving: wharf_types::NodeId,
+    ) -> Result<Vec<(Digest, wharf_meta::records::BlobRecord)>, ReplicationError> {
         let remaining: Vec<_> = self
             .cluster
             .members()
@@ -464,18 +471,49 @@ impl Replicator {
             .filter(|id| *id != leaving)
             .collect();
         let needed = crate::placement::min_copies(self.min_copies, remaining.len());
-        let mut short = 0u64;
-        self.each_record(|_, record| {
+        let mut short = Vec::new();
+        self.each_record(|digest, record| {
             let copies = remaining
                 .iter()
                 .filter(|id| record.holders.contains(id))
                 .count();
             let held_by_leaving = record.holders.contains(&leaving);
             if (held_by_leaving && copies < needed.max(1)) || (copies > 0 && copies < needed) {
-                short += 1;
+                short.push((digest.clone(), record.clone()));
             }
         })?;
         Ok(short)
+    }
+
+    /// Copies what would be short without `leaving` (for `wharf cluster remove`), as far as
+    /// this node can: a blob it holds is pushed to other members (never to the leaving one),
+    /// one it lacks and may store is fetched. Resync workers copy blobs wanted everywhere on
+    /// their own; this also covers `on-demand` ones. Returns how many are still short.
+    pub async fn copy_for_leaving(
+        self: &Arc<Self>,
+        leaving: wharf_types::NodeId,
+    ) -> Result<u64, ReplicationError> {
+        for (digest, record) in self.records_short_without(leaving)? {
+            let result = match self.blobs.info(&digest).await? {
+                Some(info) if record.holders.contains(&self.node_id) => self
+                    .ensure_copies_without(
+                        &info,
+                        &record.holders,
+                        &residency(&record),
+                        Some(leaving),
+                    )
+                    .await
+                    .map(|_| ()),
+                _ if self.node_id != leaving && record.stores_in(&self.region) => {
+                    self.ensure_local(&digest, &record).await
+                }
+                _ => continue,
+            };
+            if let Err(e) = result {
+                tracing::info!(%digest, leaving, error = %e, "copying a blob off a leaving node failed; retrying");
+            }
+        }
+        self.short_without(leaving)
     }
 
     /// One page of blob records after `after` (a digest), from a fresh read of the state.

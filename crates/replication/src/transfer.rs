@@ -831,8 +831,22 @@ impl Replicator {
         recorded_holders: &BTreeSet<NodeId>,
         regions: &BTreeSet<String>,
     ) -> Result<usize, ReplicationError> {
+        self.ensure_copies_without(info, recorded_holders, regions, None)
+            .await
+    }
+
+    /// [`Self::ensure_copies`] counting only members other than `leaving` (a member about to
+    /// leave neither counts nor takes a copy).
+    pub(crate) async fn ensure_copies_without(
+        self: &Arc<Self>,
+        info: &BlobInfo,
+        recorded_holders: &BTreeSet<NodeId>,
+        regions: &BTreeSet<String>,
+        leaving: Option<NodeId>,
+    ) -> Result<usize, ReplicationError> {
         let stores_in = |region: &str| regions.is_empty() || regions.contains(region);
-        let members = self.cluster.members();
+        let mut members = self.cluster.members();
+        members.retain(|(id, _)| Some(*id) != leaving);
         let needed = placement::min_copies(self.min_copies, members.len());
         let eligible: Vec<NodeId> = members
             .iter()
@@ -851,7 +865,7 @@ impl Replicator {
         let peers: Vec<Peer> = self
             .peers()
             .into_iter()
-            .filter(|p| stores_in(&p.region))
+            .filter(|p| stores_in(&p.region) && Some(p.id) != leaving)
             .collect();
         let mut targets = placement::push_targets(&peers, &have, &self.region).into_iter();
         let mut running = FuturesUnordered::new();

@@ -136,18 +136,23 @@ async fn status(State(state): State<ClusterApiState>) -> Response {
     }
 }
 
-/// Before a node leaves: waits until every blob it holds has `min_copies` copies on the
-/// other members (the resync workers copy them), or refuses after [`DRAIN_TIMEOUT`].
+/// Before a node leaves: copies every blob it holds until it has `min_copies` copies on the
+/// other members (this node pushes or fetches them; the resync workers help), or refuses
+/// after [`DRAIN_TIMEOUT`].
 async fn drain(state: &ClusterApiState, leaving: NodeId) -> Result<(), Response> {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
-        let short = state.replication.short_without(leaving).map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            )
-        })?;
+        let short = state
+            .replication
+            .copy_for_leaving(leaving)
+            .await
+            .map_err(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    e.to_string(),
+                )
+            })?;
         if short == 0 {
             return Ok(());
         }

@@ -409,15 +409,25 @@ fn an_upload_continued_through_other_nodes_completes() {
 }
 
 /// Removing a node never leaves a blob with fewer than `min_copies` copies among the members
-/// that stay.
+/// that stay — also in an `on-demand` repository, where nobody copies a blob unasked: the
+/// removal copies the leaving node's blobs first.
 #[test]
 fn removing_a_node_keeps_min_copies() {
     init_logging();
     let cluster = TestCluster::start(3, ClusterOpts::default());
+    let (status, body) = cluster.post(
+        0,
+        "/api/v1/repos",
+        serde_json::json!({"name": "od", "format": "oci", "immutable": false, "replication": "on-demand"}),
+    );
+    assert_eq!(status, 201, "{body}");
     let http = cluster.members[0].http();
-    let digests: Vec<String> = (0..4)
+    let mut digests: Vec<String> = (0..4)
         .map(|i| http.push_blob("remove/app", &random_bytes(200 * 1024 + i)))
         .collect();
+    // Uploaded through node 3: it and one other member hold each of these.
+    let http3 = cluster.members[2].http();
+    digests.extend((0..4).map(|i| http3.push_blob("od/app", &random_bytes(100 * 1024 + i))));
     let removed = cluster.cli(&cluster.members[0], &["cluster", "remove", "3", "--yes"]);
     assert!(
         removed.status.success(),
