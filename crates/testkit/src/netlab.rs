@@ -36,18 +36,29 @@
 //! A test process killed with SIGKILL leaves its lab behind: `ip netns list | grep '^wl-'`
 //! shows it and `ip netns del NAME` removes it.
 //!
-//! Needs root and the `ip` (Debian `iproute2`) and `nft` (`nftables`) commands. Every command
-//! that fails panics with the command line and what it printed.
+//! Latency: the kernels here have no `netem`, so [`NetLab::delay`] sends the packets of one
+//! direction to an NFQUEUE where `wharf-delayd`, a binary of this crate running in the sending
+//! node's namespace, holds each for a while. The rule is an `iptables` one (the xt `NFQUEUE`
+//! target): nft's own `queue` statement is not built into these kernels. With
+//! `--queue-bypass`, packets pass undelayed if the daemon is gone.
+//!
+//! Needs root and the `ip` (Debian `iproute2`) and `nft` (`nftables`) commands, and
+//! `iptables` for delays. Every command that fails panics with the command line and what it
+//! printed.
 
 use std::ffi::OsStr;
-use std::io::Write;
+use std::io::{BufRead, Read, Write};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// What to do when a command of the lab is missing or refused.
-const HINT: &str = "the network lab needs root and the commands ip and nft: apt-get install -y \
-     --no-install-recommends iproute2 nftables (or run scripts/install-test-tools)";
+const HINT: &str = "the network lab needs root and the commands ip, nft and (for delays) \
+     iptables: apt-get install -y --no-install-recommends iproute2 nftables iptables (or run \
+     scripts/install-test-tools)";
 
 /// Second octets of the subnets a lab may take (the third octet is any).
 const SECOND_OCTET: std::ops::RangeInclusive<u8> = 200..=239;
@@ -70,6 +81,8 @@ pub struct NetLab {
     nodes: usize,
     /// Whether the root-side veth was made (so that drop deletes it).
     root_link: bool,
+    /// The `wharf-delayd` processes of [`NetLab::delay`], with the node each runs in.
+    delays: Mutex<Vec<(usize, Child)>>,
 }
 
 impl NetLab {
@@ -113,6 +126,7 @@ impl NetLab {
                 subnet: [10, x, y],
                 nodes: 0,
                 root_link: false,
+                delays: Mutex::new(Vec::new()),
             };
             let bridge = lab.bridge();
             lab.ip(&["-n", &hub, "link", "set", "lo", "up"]);
@@ -253,10 +267,85 @@ impl NetLab {
         self.cut_pairs(&pairs);
     }
 
-    /// Restores every link between nodes.
+    /// Holds every packet node `from` sends to node `to` for `delay` (one way: call it for
+    /// both directions to add `2 × delay` to the round trip), by running `delayd` (the
+    /// `wharf-delayd` binary) in `from`'s namespace. Once per direction until [`NetLab::heal`].
+    ///
+    /// # Panics
+    /// When the daemon does not start or the rule cannot be added.
+    pub fn delay(&self, delayd: &Path, from: usize, to: usize, delay: Duration) {
+        self.check(to);
+        assert_ne!(from, to, "a node's packets to itself never reach the lab");
+        let queue = to.to_string();
+        let mut command = self.command(from, delayd);
+        command
+            .args([queue.as_str(), &delay.as_millis().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let line = format!("{command:?}");
+        let mut daemon = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {line}: {e}\n{HINT}"));
+        let mut first = String::new();
+        if let Some(out) = daemon.stdout.take() {
+            // An error reads as no line at all, which fails below with the daemon's stderr.
+            let _ = std::io::BufReader::new(out).read_line(&mut first);
+        }
+        if first.trim() != "ready" {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            let mut stderr = String::new();
+            if let Some(mut err) = daemon.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            panic!(
+                "{line} did not print `ready`; stdout: {:?}, stderr: {}",
+                first.trim(),
+                stderr.trim()
+            );
+        }
+        self.delays().push((from, daemon));
+        let to_ip = self.node_ip(to).to_string();
+        run(
+            self.command(from, "iptables").args([
+                "-A",
+                "OUTPUT",
+                "-d",
+                &to_ip,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue,
+                "--queue-bypass",
+            ]),
+            None,
+        );
+    }
+
+    /// Restores every link between nodes: no cuts, no delays.
     pub fn heal(&self) {
         // `add` first makes the `delete` succeed when nothing was cut.
-        self.nft("add table bridge netlab\ndelete table bridge netlab\n");
+        self.nft_in(
+            &self.hub_namespace(),
+            "add table bridge netlab\ndelete table bridge netlab\n",
+        );
+        let mut delayed: Vec<usize> = self.delays().iter().map(|(from, _)| *from).collect();
+        delayed.sort_unstable();
+        delayed.dedup();
+        for from in delayed {
+            // Only the lab adds rules in a node's namespace.
+            run(self.command(from, "iptables").args(["-F", "OUTPUT"]), None);
+        }
+        self.stop_delays();
+    }
+
+    /// Kills the delay daemons (our children, by their PIDs).
+    fn stop_delays(&self) {
+        for (_, mut daemon) in self.delays().drain(..) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
     }
 
     fn cut_pairs(&self, pairs: &[(usize, usize)]) {
@@ -271,15 +360,19 @@ impl NetLab {
                 self.port(to)
             ));
         }
-        self.nft(&script);
+        self.nft_in(&self.hub_namespace(), &script);
     }
 
-    /// Runs an nft script in the hub namespace (one transaction: all of it or nothing).
-    fn nft(&self, script: &str) {
+    /// Runs an nft script in `namespace` (one transaction: all of it or nothing).
+    fn nft_in(&self, namespace: &str, script: &str) {
         run(
-            Command::new("ip").args(["netns", "exec", &self.hub_namespace(), "nft", "-f", "-"]),
+            Command::new("ip").args(["netns", "exec", namespace, "nft", "-f", "-"]),
             Some(script),
         );
+    }
+
+    fn delays(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Child)>> {
+        self.delays.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn ip(&self, args: &[&str]) {
@@ -311,6 +404,7 @@ impl Drop for NetLab {
     /// the bridge and the rules go with them). Processes still running in a node namespace
     /// keep it alive, unreachable: stop them first.
     fn drop(&mut self) {
+        self.stop_delays();
         let mut failed = Vec::new();
         let mut del = |args: &[&str]| {
             if let Err(e) = try_run(Command::new("ip").args(args), None) {

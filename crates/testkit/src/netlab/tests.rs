@@ -1,11 +1,11 @@
 //! The route parser on its own, then a real lab (needs root, `ip` and `nft`): who reaches whom
-//! under cuts, isolation and heal, checked with TCP connects from threads that entered the
-//! node namespaces.
+//! under cuts, isolation and heal, and how long a connection takes under a delay, checked with
+//! TCP connects from threads that entered the node namespaces.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -141,4 +141,63 @@ fn labs_side_by_side_get_different_subnets() {
     let b = NetLab::up(1);
     assert_ne!(a.id(), b.id());
     assert_ne!(a.node_ip(1), b.node_ip(1));
+}
+
+/// `$WHARF_DELAYD_BIN`, else `wharf-delayd` in the profile dir of this test executable
+/// (`<target>/<profile>/deps/<test>`): `cargo test` alone does not build it.
+fn delayd_bin() -> PathBuf {
+    let path = std::env::var_os("WHARF_DELAYD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            let deps = exe.parent().unwrap();
+            deps.parent().unwrap().join("wharf-delayd")
+        });
+    assert!(
+        path.is_file(),
+        "wharf-delayd not found at {}.\nBuild it with: cargo build -p wharf-testkit (--release \
+         too if the tests run with it), or set WHARF_DELAYD_BIN",
+        path.display()
+    );
+    path
+}
+
+/// How long a TCP connect from node `from` to `to` takes: one round trip (SYN, SYN-ACK).
+fn connect_time(lab: &NetLab, from: usize, to: SocketAddr) -> Duration {
+    let ns = lab.namespace(from);
+    inside(Some(&ns), || {
+        let started = Instant::now();
+        TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+        started.elapsed()
+    })
+}
+
+#[test]
+fn a_delayed_direction_is_slow_and_the_others_are_not() {
+    let delayd = delayd_bin();
+    let delay = Duration::from_millis(300);
+    let fast = Duration::from_millis(150);
+    let lab = NetLab::up(3);
+    let listeners: Vec<TcpListener> = (1..=3)
+        .map(|i| {
+            let addr = SocketAddr::from((lab.node_ip(i), 0));
+            inside(Some(&lab.namespace(i)), || TcpListener::bind(addr).unwrap())
+        })
+        .collect();
+    let node = |i: usize| listeners[i - 1].local_addr().unwrap();
+
+    lab.delay(&delayd, 1, 2, delay);
+    let slow = connect_time(&lab, 1, node(2));
+    assert!(slow >= delay && slow < delay * 3, "1 -> 2 took {slow:?}");
+    // The SYN-ACK of node 2 is held this time: one way, but every round trip pays it.
+    let back = connect_time(&lab, 2, node(1));
+    assert!(back >= delay, "2 -> 1 took {back:?}");
+    for (from, to) in [(1, 3), (3, 2), (3, 1)] {
+        let t = connect_time(&lab, from, node(to));
+        assert!(t < fast, "{from} -> {to} took {t:?}, without a delay");
+    }
+
+    lab.heal();
+    let healed = connect_time(&lab, 1, node(2));
+    assert!(healed < fast, "1 -> 2 took {healed:?} after the heal");
 }
