@@ -1,18 +1,28 @@
 //! A multi-process Wharf cluster for tests: one `wharf serve` per node, each with its own
 //! directory, ports and region, formed the way an operator would (`wharf cluster init`, join
 //! tokens, `wharf cluster promote --yes`). Every process is killed by its PID on drop.
+//!
+//! With [`ClusterOpts::netlab`] every node runs in its own network namespace of a
+//! [`NetLab`] instead of on loopback, so that a test can partition real processes
+//! ([`TestCluster::isolate`], [`TestCluster::cut`], [`TestCluster::heal`]); the test process
+//! still reaches every node's listeners, so the rest of the API is the same.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use wharf_testkit::netlab::NetLab;
 
 use crate::ocihttp::OciHttp;
 use crate::server::{free_addr, signal, wharf_bin};
 
 const REGIONS: [&str; 5] = ["us-east", "eu-west", "ap-south", "sa-east", "af-south"];
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Ports of a node in its own lab namespace, where nothing else listens (the blob transfer
+/// takes the cluster port + 1, UDP).
+const LAB_CLIENT_PORT: u16 = 7070;
+const LAB_CLUSTER_PORT: u16 = 7071;
 
 /// Extra raft settings for a test cluster.
 #[derive(Debug, Clone)]
@@ -23,6 +33,10 @@ pub struct ClusterOpts {
     pub tls: bool,
     /// More TOML appended to every node's configuration (whole sections).
     pub extra_config: String,
+    /// Each node in its own network namespace (see [`NetLab`]), listening on its lab address,
+    /// so the network between nodes can be cut. Needs root, `ip` and `nft`, and `tls: true`:
+    /// plaintext between nodes is allowed only on loopback.
+    pub netlab: bool,
 }
 
 impl Default for ClusterOpts {
@@ -32,6 +46,7 @@ impl Default for ClusterOpts {
             log_entries_kept: 20_000,
             tls: false,
             extra_config: String::new(),
+            netlab: false,
         }
     }
 }
@@ -42,7 +57,7 @@ pub struct Member {
     pub index: usize,
     pub node_id: u64,
     pub dir: PathBuf,
-    /// `127.0.0.1:PORT` of the client listener.
+    /// `HOST:PORT` of the client listener: `127.0.0.1`, or the node's lab address.
     pub client: String,
     pub cluster: String,
     child: Option<Child>,
@@ -77,6 +92,9 @@ pub struct TestCluster {
     opts: ClusterOpts,
     pub members: Vec<Member>,
     http: reqwest::blocking::Client,
+    /// The namespaces the members run in (with [`ClusterOpts::netlab`]). Dropped after the
+    /// members are killed: a namespace with a process in it outlives its deletion.
+    lab: Option<NetLab>,
 }
 
 impl TestCluster {
@@ -86,23 +104,37 @@ impl TestCluster {
             .prefix("wharf-cluster-")
             .tempdir()
             .unwrap();
+        let lab = opts.netlab.then(|| {
+            assert!(
+                opts.tls,
+                "a netlab cluster needs ClusterOpts.tls = true: plaintext between nodes is \
+                 allowed only on loopback"
+            );
+            NetLab::up(n)
+        });
         let mut cluster = TestCluster {
             root: root.path().to_path_buf(),
             _root: root,
             opts,
             members: Vec::new(),
+            // No proxy from the environment: lab addresses are not loopback.
             http: reqwest::blocking::Client::builder()
+                .no_proxy()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            lab,
         };
         let first = cluster.new_member(None);
-        let init = wharf(
-            &["cluster", "init", "--json", "--config"],
-            &first.config_path(),
-        );
-        assert!(init.status.success(), "cluster init: {}", stderr(&init));
         cluster.members.push(first);
+        // `cluster init` binds the cluster address, so it runs where the node will.
+        let init = cluster
+            .node_command(0)
+            .args(["cluster", "init", "--json", "--config"])
+            .arg(cluster.members[0].config_path())
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "cluster init: {}", stderr(&init));
         cluster.spawn(0, None);
         cluster.wait_ready(0);
         cluster.members[0].node_id = 1;
@@ -114,16 +146,29 @@ impl TestCluster {
         cluster
     }
 
-    fn new_member(&self, join: Option<&str>) -> Member {
+    fn new_member(&mut self, join: Option<&str>) -> Member {
         let index = self.members.len() + 1;
         let dir = self.root.join(format!("node{index}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let (client, cluster) = match &mut self.lab {
+            Some(lab) => {
+                if lab.nodes() < index {
+                    lab.add_node();
+                }
+                let ip = lab.node_ip(index);
+                (
+                    format!("{ip}:{LAB_CLIENT_PORT}"),
+                    format!("{ip}:{LAB_CLUSTER_PORT}"),
+                )
+            }
+            None => (free_addr(), free_addr()),
+        };
         let member = Member {
             index,
             node_id: 0,
             dir,
-            client: free_addr(),
-            cluster: free_addr(),
+            client,
+            cluster,
             child: None,
         };
         let join = join
@@ -147,18 +192,34 @@ impl TestCluster {
         member
     }
 
+    /// `wharf` where member `i` runs: in its namespace with a lab (`ip` execs wharf, so the
+    /// child's PID is wharf's own).
+    fn node_command(&self, i: usize) -> Command {
+        match &self.lab {
+            Some(lab) => lab.command(self.members[i].index, wharf_bin()),
+            None => Command::new(wharf_bin()),
+        }
+    }
+
+    /// `wharf serve --config <member i's file>`, where member `i` runs.
+    fn serve_command(&self, i: usize) -> Command {
+        let mut command = self.node_command(i);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(self.members[i].config_path());
+        command
+    }
+
     fn spawn(&mut self, i: usize, token: Option<&str>) {
+        let mut command = self.serve_command(i);
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(m.dir.join("wharf.log"))
             .unwrap();
-        let mut command = Command::new(wharf_bin());
         command
-            .arg("serve")
-            .arg("--config")
-            .arg(m.config_path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -328,11 +389,8 @@ impl TestCluster {
     /// Starts member `i` and returns its exit output instead of waiting for readiness (for
     /// nodes that must refuse to start).
     pub fn start_expecting_exit(&self, i: usize) -> Output {
-        let m = &self.members[i];
-        let mut child = Command::new(wharf_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(m.config_path())
+        let mut child = self
+            .serve_command(i)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -348,6 +406,35 @@ impl TestCluster {
                 panic!("node{} kept running: {}", i + 1, stderr(&out));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running member has reported the cluster version its binary supports
+    /// and applied the raise to the lowest of them. Command kinds newer than the base version
+    /// (the holdings a node records, among others) wait for that raise, and a member that is
+    /// cut off before it has reported holds the raise back until it is reachable again.
+    pub fn wait_for_cluster_version(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let v = self.status(0);
+            let supported: Option<Vec<u64>> = v["members"].as_array().map(|ms| {
+                ms.iter()
+                    .map(|m| m["supported_version"].as_u64().unwrap_or(0))
+                    .collect()
+            });
+            if let Some(target) = supported.and_then(|s| s.into_iter().min())
+                && target > 0
+                && self
+                    .running()
+                    .all(|m| self.metric(m.index - 1, "wharf_cluster_version") == target)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster version was not raised within {READY_TIMEOUT:?}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -405,6 +492,31 @@ impl TestCluster {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// The network lab the members run in.
+    ///
+    /// # Panics
+    /// Unless the cluster was started with [`ClusterOpts::netlab`].
+    pub fn lab(&self) -> &NetLab {
+        self.lab
+            .as_ref()
+            .expect("cutting the network needs ClusterOpts { netlab: true, .. }")
+    }
+
+    /// Cuts member `i` off from every other member, both ways; the test still reaches it.
+    pub fn isolate(&self, i: usize) {
+        self.lab().isolate(self.members[i].index);
+    }
+
+    /// Cuts the network between members `a` and `b`, both ways.
+    pub fn cut(&self, a: usize, b: usize) {
+        self.lab().cut(self.members[a].index, self.members[b].index);
+    }
+
+    /// Restores every link between members.
+    pub fn heal(&self) {
+        self.lab().heal();
+    }
 }
 
 impl Drop for TestCluster {
@@ -416,14 +528,6 @@ impl Drop for TestCluster {
             }
         }
     }
-}
-
-fn wharf(args: &[&str], config: &Path) -> Output {
-    Command::new(wharf_bin())
-        .args(args)
-        .arg(config)
-        .output()
-        .unwrap()
 }
 
 fn stderr(out: &Output) -> String {

@@ -57,8 +57,16 @@
 //! Memory and disk: the model keeps a few words per inode and a merged range set per file; the
 //! shadow copies (one file per inode that was ever fsync'd, in a separate temporary directory) are
 //! deleted when the inode can no longer come back (no name, no durable entry, no open handle).
+//!
+//! # Other tools
+//!
+//! - [`netlab::NetLab`]: real network namespaces on a bridge, one per node, so that
+//!   multi-process tests (`tests/`) can cut a `wharf serve` process off from the others.
+//! - [`cluster`]: an in-process cluster behind a fault-injecting network layer.
+//! - [`ports`]: free loopback ports for test servers.
 
 pub mod cluster;
 pub mod lazyfs;
 pub mod model;
+pub mod netlab;
 pub mod ports;

@@ -59,7 +59,7 @@ fn ephemeral_range() -> Option<(u16, u16)> {
     Some((fields.next()?.ok()?, fields.next()?.ok()?))
 }
 
-fn process_seed() -> u32 {
+pub(crate) fn process_seed() -> u32 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

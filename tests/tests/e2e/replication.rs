@@ -10,10 +10,10 @@ use wharf_tests::oci::Layout;
 use wharf_tests::{ClientEnv, init_logging, run, sha256_digest};
 
 /// A layer this size spans two 4 MiB chunks.
-const TWO_CHUNKS: usize = 6 * 1024 * 1024;
+pub(crate) const TWO_CHUNKS: usize = 6 * 1024 * 1024;
 
 /// `GET /api/v1/blobs/{digest}` on member `i`: the node ids holding verified copies.
-fn holders(cluster: &TestCluster, i: usize, digest: &str) -> Vec<u64> {
+pub(crate) fn holders(cluster: &TestCluster, i: usize, digest: &str) -> Vec<u64> {
     let url = format!("{}/api/v1/blobs/{digest}", cluster.members[i].url());
     let resp = reqwest::blocking::get(url).unwrap();
     if resp.status() == 404 {
@@ -29,7 +29,7 @@ fn holders(cluster: &TestCluster, i: usize, digest: &str) -> Vec<u64> {
 }
 
 /// Waits until `check` holds, or fails with `what`.
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
@@ -38,7 +38,7 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 }
 
 /// The path of blob `digest` in member `m`'s data directory.
-fn blob_file(m: &Member, digest: &str) -> std::path::PathBuf {
+pub(crate) fn blob_file(m: &Member, digest: &str) -> std::path::PathBuf {
     let hex = digest.trim_start_matches("sha256:");
     m.dir.join("data/blobs/sha256").join(&hex[..2]).join(hex)
 }
@@ -173,7 +173,7 @@ fn skopeo_push_on_one_node_pulls_from_another_and_survives_its_loss() {
 }
 
 /// Pushes three small images to `name` through member 0; returns every digest involved.
-fn push_three_images(cluster: &TestCluster, name: &str) -> Vec<String> {
+pub(crate) fn push_three_images(cluster: &TestCluster, name: &str) -> Vec<String> {
     let http = cluster.members[0].http();
     let mut digests = Vec::new();
     for i in 0..3 {
