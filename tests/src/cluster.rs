@@ -33,6 +33,9 @@ pub struct ClusterOpts {
     pub tls: bool,
     /// More TOML appended to every node's configuration (whole sections).
     pub extra_config: String,
+    /// Raft heartbeat period; elections wait 5–10 of them. Must exceed 2 × the largest round
+    /// trip between nodes (the config reference's rule of thumb).
+    pub heartbeat_ms: u64,
     /// Each node in its own network namespace (see [`NetLab`]), listening on its lab address,
     /// so the network between nodes can be cut. Needs root, `ip` and `nft`, and `tls: true`:
     /// plaintext between nodes is allowed only on loopback.
@@ -46,6 +49,7 @@ impl Default for ClusterOpts {
             log_entries_kept: 20_000,
             tls: false,
             extra_config: String::new(),
+            heartbeat_ms: 100,
             netlab: false,
         }
     }
@@ -177,8 +181,8 @@ impl TestCluster {
         let config = format!(
             "[server]\nlisten = \"{client}\"\ndata_dir = \"data\"\nregion = \"{region}\"\n\
              auto_create_repos = true\n\n\
-             [cluster]\nlisten = \"{cluster}\"\n{join}heartbeat_ms = 100\n\
-             election_timeout_min_ms = 500\nelection_timeout_max_ms = 1000\n\
+             [cluster]\nlisten = \"{cluster}\"\n{join}heartbeat_ms = {hb}\n\
+             election_timeout_min_ms = {emin}\nelection_timeout_max_ms = {emax}\n\
              snapshot_every_entries = {snap}\nlog_entries_kept = {keep}\ntls = {tls}\n{extra}",
             client = member.client,
             cluster = member.cluster,
@@ -187,6 +191,9 @@ impl TestCluster {
             keep = self.opts.log_entries_kept,
             tls = self.opts.tls,
             extra = self.opts.extra_config,
+            hb = self.opts.heartbeat_ms,
+            emin = 5 * self.opts.heartbeat_ms,
+            emax = 10 * self.opts.heartbeat_ms,
         );
         std::fs::write(member.config_path(), config).unwrap();
         member
