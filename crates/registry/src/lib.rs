@@ -91,6 +91,9 @@ pub struct Registry {
     replication: Option<Arc<Replicator>>,
 }
 
+/// The cluster version that introduced repositories with data residency.
+const RESIDENCY_CLUSTER_VERSION: u32 = 4;
+
 /// Default of `read.max_staleness` for `bounded` repositories.
 pub const DEFAULT_MAX_STALENESS: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -170,24 +173,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let Some(replication) = &self.replication
-            && !settings.stores_in(replication.region())
-        {
-            return Err(RegistryError::new(
-                ErrorCode::NotHeldHere,
-                format!(
-                    "the repository keeps its bytes in region(s) {}; this node is in {} and no \
-                     node of those regions took the write",
-                    settings
-                        .regions
-                        .iter()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    replication.region()
-                ),
-            ));
-        }
+        self.ensure_stored_here(settings)?;
         let stored = match source {
             BlobSource::Upload(session) => {
                 let Some(expected) = expected else {
@@ -393,9 +379,50 @@ impl Registry {
         name: &RepoName,
         settings: RepoSettings,
     ) -> Result<()> {
+        // A pinned repository is a cluster-version-4 command. Checked here, before proposing:
+        // once this node applied version 4, every member supports it (an older binary can no
+        // longer join), so no member can apply the command without its `regions`.
+        if !settings.regions.is_empty() {
+            let running = self.read(wharf_meta::versions::cluster_version)?;
+            if running < RESIDENCY_CLUSTER_VERSION {
+                return Err(RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "repositories with regions need cluster version {RESIDENCY_CLUSTER_VERSION}; \
+                         the cluster runs version {running} until every member runs a wharf \
+                         that supports it"
+                    ),
+                ));
+            }
+        }
         self.propose_create_repo(ctx, name, settings, false)
             .await
             .map(|_| ())
+    }
+
+    /// Refuses to store bytes of a repository with data residency on a node outside its
+    /// regions (NOT_HELD_HERE): the server forwards such writes to a node of those regions.
+    pub fn ensure_stored_here(&self, settings: &RepoSettings) -> Result<()> {
+        let Some(replication) = &self.replication else {
+            return Ok(());
+        };
+        if settings.stores_in(replication.region()) {
+            return Ok(());
+        }
+        Err(RegistryError::new(
+            ErrorCode::NotHeldHere,
+            format!(
+                "the repository keeps its bytes in region(s) {}; this node is in {} and no node \
+                 of those regions took the write",
+                settings
+                    .regions
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                replication.region()
+            ),
+        ))
     }
 
     /// Every repository (a linearizable listing).

@@ -473,6 +473,10 @@ impl Replicator {
         let needed = crate::placement::min_copies(self.min_copies, remaining.len());
         let mut short = Vec::new();
         self.each_record(|digest, record| {
+            // A copy pushed for an upload that was never committed: no repository needs it.
+            if record.regions.as_ref().is_some_and(|r| r.is_empty()) {
+                return;
+            }
             let copies = remaining
                 .iter()
                 .filter(|id| record.holders.contains(id))

@@ -858,7 +858,9 @@ impl Replicator {
             .copied()
             .filter(|id| recorded_holders.contains(id))
             .collect();
-        have.insert(self.node_id);
+        if Some(self.node_id) != leaving {
+            have.insert(self.node_id);
+        }
         if have.len() >= needed {
             return Ok(have.len());
         }
@@ -1011,7 +1013,9 @@ impl Replicator {
             self.fatal_check(&e);
             tracing::warn!(%digest, error = %e, "could not remove a corrupt copy");
         }
-        self.start_fill(digest, &record, false);
+        if record.stores_in(&self.region) {
+            self.start_fill(digest, &record, false);
+        }
         true
     }
 
@@ -1097,7 +1101,9 @@ impl PassThrough {
                         usize::try_from(from - chunk_start).unwrap_or(usize::MAX)
                             ..usize::try_from(to - chunk_start).unwrap_or(usize::MAX),
                     );
-                    if tx.send(Ok(piece)).await.is_err() {
+                    // A reader that stops reading is let go: it must not hold the transfer
+                    // permits (shared with fills and pushes) for ever.
+                    if tx.send_timeout(Ok(piece), STALL_TIMEOUT).await.is_err() {
                         return Ok(());
                     }
                     self.next = to;

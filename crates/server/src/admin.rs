@@ -87,7 +87,9 @@ pub(crate) fn error(status: StatusCode, code: ErrorCode, message: impl Into<Stri
 fn registry_error(e: RegistryError) -> Response {
     let code = e.code();
     let status = match code {
-        ErrorCode::RepositoryExists | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::RepositoryExists | ErrorCode::Conflict | ErrorCode::Unsupported => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::NameInvalid | ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Denied => StatusCode::FORBIDDEN,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,

@@ -22,8 +22,13 @@ use wharf_oci::OciError;
 use wharf_replication::{ForwardBody, ForwardRequest, Forwarded, Replicator};
 use wharf_types::{ErrorCode, NodeId};
 
-/// Marks a forwarded request, so that it is never forwarded again.
+/// Names the node a forwarded request came from (for the logs of the node that runs it).
 const FORWARDED_FROM: &str = "x-wharf-forwarded-from";
+
+/// Marks a request that arrived over the blob-transfer connection (set by [`handler`], never by
+/// a client: a header could be sent by anyone), so that it is never forwarded again.
+#[derive(Debug, Clone, Copy)]
+struct ArrivedForwarded;
 
 /// Headers that describe one hop, not the message.
 const HOP_BY_HOP: &[&str] = &[
@@ -48,7 +53,8 @@ pub(crate) struct UploadForwarding {
 /// file `PUT`.
 fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
     if let Some(rest) = path.strip_prefix("/v2/") {
-        let stores = (*method == http::Method::POST && rest.ends_with("/blobs/uploads/"))
+        let stores = (*method == http::Method::POST
+            && (rest.ends_with("/blobs/uploads/") || rest.ends_with("/blobs/uploads")))
             || (*method == http::Method::PUT && rest.contains("/manifests/"));
         return stores.then(|| rest.split('/').next()).flatten();
     }
@@ -114,7 +120,7 @@ pub(crate) async fn forward_foreign_uploads(
     next: Next,
 ) -> Response {
     let head = request.method() == http::Method::HEAD;
-    let forwarded = request.headers().contains_key(FORWARDED_FROM);
+    let forwarded = request.extensions().get::<ArrivedForwarded>().is_some();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let owner = match session_owner(&path) {
         Some(owner) if owner == f.node_id => return next.run(request).await,
@@ -193,7 +199,8 @@ pub(crate) fn handler(app: Router) -> wharf_replication::ForwardHandler {
         Box::pin(async move {
             let mut builder = http::Request::builder()
                 .method(request.method.as_str())
-                .uri(request.uri.as_str());
+                .uri(request.uri.as_str())
+                .extension(ArrivedForwarded);
             for (name, value) in &request.headers {
                 builder = builder.header(name.as_str(), value.as_str());
             }
@@ -236,6 +243,7 @@ mod tests {
         use http::Method;
         let cases = [
             (Method::POST, "/v2/team/app/blobs/uploads/", Some("team")),
+            (Method::POST, "/v2/team/app/blobs/uploads", Some("team")),
             (Method::PUT, "/v2/team/app/manifests/v1", Some("team")),
             (Method::PUT, "/generic/files/a/b.tgz", Some("files")),
             (Method::GET, "/v2/team/app/manifests/v1", None),

@@ -24,6 +24,12 @@ const FLOOR: u16 = 10_000;
 pub fn free_loopback_addr() -> SocketAddr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let (start, span) = *pool();
+    if span < 64 {
+        // The ephemeral range leaves no room: the racy way is all there is.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port");
+    }
     // Offsets stay below `span - 1`, so the port after the one handed out is in the pool too.
     let modulus = u32::from(span) - 1;
     let seed = process_seed() % modulus;

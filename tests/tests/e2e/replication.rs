@@ -428,7 +428,8 @@ fn removing_a_node_keeps_min_copies() {
     // Uploaded through node 3: it and one other member hold each of these.
     let http3 = cluster.members[2].http();
     digests.extend((0..4).map(|i| http3.push_blob("od/app", &random_bytes(100 * 1024 + i))));
-    let removed = cluster.cli(&cluster.members[0], &["cluster", "remove", "3", "--yes"]);
+    // Asked of the leaving node itself: it pushes its blobs to the others.
+    let removed = cluster.cli(&cluster.members[2], &["cluster", "remove", "3", "--yes"]);
     assert!(
         removed.status.success(),
         "{}",
@@ -511,7 +512,10 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
             let kind = entry.file_type().unwrap();
             if kind.is_dir() {
                 pending.push(entry.path());
@@ -521,6 +525,11 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// The node ids of members 1 and 2 (regions us-east and eu-west).
+fn pinned_ids(cluster: &TestCluster) -> [u64; 2] {
+    [cluster.members[0].node_id, cluster.members[1].node_id]
 }
 
 /// Data residency: a repository pinned to the regions of nodes 1 and 2 (us-east, eu-west),
@@ -534,13 +543,13 @@ fn a_residency_pinned_repository_never_stores_outside_its_regions() {
     // A pinned repository needs cluster version 4, which a fresh cluster reaches by itself.
     let create = serde_json::json!({"name": "eu", "format": "oci", "immutable": false,
         "regions": ["us-east", "eu-west"]});
-    let mut created = (0, Value::Null);
     wait_until(
         "the pinned repository is created",
         Duration::from_secs(30),
         || {
-            created = cluster.post(0, "/api/v1/repos", create.clone());
-            created.0 == 201
+            let (status, body) = cluster.post(0, "/api/v1/repos", create.clone());
+            // 409 until the cluster runs version 4, or if an earlier try was applied after all.
+            status == 201 || body.to_string().contains("already exists")
         },
     );
     let (status, body) = cluster.post(
@@ -582,8 +591,37 @@ fn a_residency_pinned_repository_never_stores_outside_its_regions() {
     assert_eq!(status, 206);
     assert!(part.unwrap() == bytes[4_194_000..4_195_000], "range bytes");
 
+    tracing::info!("--- upload sessions started through node 3 live in the pinned regions");
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let outside_id = outside.node_id;
+    for (path, spoofed) in [
+        ("/v2/eu/app/blobs/uploads/", false),
+        ("/v2/eu/app/blobs/uploads", false),
+        ("/v2/eu/app/blobs/uploads/", true),
+    ] {
+        let mut request = client.post(format!("{}{path}", outside.url()));
+        if spoofed {
+            // A client claiming the request was already forwarded is not believed.
+            request = request.header("x-wharf-forwarded-from", "1");
+        }
+        let resp = request.send().unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            202,
+            "POST {path} (spoofed: {spoofed})"
+        );
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let session = location.rsplit('/').next().unwrap();
+        let owner: u64 = session.split('-').next().unwrap().parse().unwrap();
+        assert_ne!(owner, outside_id, "{location}: a session on node 3");
+        assert!(pinned_ids(&cluster).contains(&owner), "{location}");
+    }
+
     tracing::info!("--- both pinned regions hold every blob, node 3 none");
-    let pinned = [cluster.members[0].node_id, cluster.members[1].node_id];
+    let pinned = pinned_ids(&cluster);
     for digest in &digests {
         wait_until(
             &format!("{digest} is held by nodes {pinned:?}"),
@@ -610,6 +648,12 @@ fn a_residency_pinned_repository_never_stores_outside_its_regions() {
             path.display()
         );
     }
+    let uploads = outside.dir.join("data/uploads");
+    let leftovers: Vec<_> = files_under(&uploads);
+    assert!(
+        leftovers.is_empty(),
+        "upload files on node 3: {leftovers:?}"
+    );
     let largest = digests_on_disk
         .iter()
         .map(|(p, _)| std::fs::metadata(p).unwrap().len())

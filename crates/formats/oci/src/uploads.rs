@@ -186,10 +186,12 @@ pub async fn start(
         state.registry.link_blob(ctx, &repo, &stored).await?;
         return Ok(blob_created(name, &digest));
     }
-    state
+    let record = state
         .registry
         .repo_for_write(ctx, &repo, Format::Oci)
         .await?;
+    // An upload session of a repository with data residency never lives outside its regions.
+    state.registry.ensure_stored_here(&record.settings)?;
     let session = state
         .registry
         .blobs()
