@@ -68,6 +68,11 @@ pub struct Member {
 }
 
 impl Member {
+    /// The region in the member's configuration.
+    pub fn region(&self) -> &'static str {
+        REGIONS[(self.index - 1) % REGIONS.len()]
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.client)
     }
@@ -186,7 +191,7 @@ impl TestCluster {
              snapshot_every_entries = {snap}\nlog_entries_kept = {keep}\ntls = {tls}\n{extra}",
             client = member.client,
             cluster = member.cluster,
-            region = REGIONS[(index - 1) % REGIONS.len()],
+            region = member.region(),
             snap = self.opts.snapshot_every_entries,
             keep = self.opts.log_entries_kept,
             tls = self.opts.tls,

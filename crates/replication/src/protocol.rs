@@ -60,6 +60,10 @@ pub enum Request {
         uri: String,
         headers: Vec<(String, String)>,
     },
+    /// Fetch blob `digest` from its holders into your own store (the leader's repair worker
+    /// asks this of a node that may store a blob the leader itself may not: data residency).
+    /// Answered with `Stored` once the copy is verified and fsync'd.
+    Copy { from: NodeId, digest: Digest },
 }
 
 impl Request {
@@ -69,7 +73,8 @@ impl Request {
             Request::Have { from, .. }
             | Request::Fetch { from, .. }
             | Request::Push { from, .. }
-            | Request::Forward { from, .. } => *from,
+            | Request::Forward { from, .. }
+            | Request::Copy { from, .. } => *from,
         }
     }
 }

@@ -232,9 +232,8 @@ impl Replicator {
         let needed = crate::placement::min_copies(self.min_copies, members);
         let mut short = Vec::new();
         self.each_record(|digest, record| {
-            // A blob this node may not store (data residency) is left to its regions' nodes,
-            // whose resync workers fetch it (all-regions); see the crate docs.
-            if !record.stores_in(&self.region) {
+            // A copy pushed for an upload that was never committed: no repository needs it.
+            if record.regions.as_ref().is_some_and(|r| r.is_empty()) {
                 return;
             }
             let copies = live.iter().filter(|id| record.holders.contains(id)).count();
@@ -246,7 +245,10 @@ impl Replicator {
             }
         })?;
         for (digest, record) in short {
-            let result = if record.holders.contains(&self.node_id) {
+            let result = if !record.stores_in(&self.region) {
+                // Data residency: a live member of the blob's regions that lacks it fetches it.
+                self.ask_region_to_copy(&digest, &record, &live).await
+            } else if record.holders.contains(&self.node_id) {
                 match self.blobs.info(&digest).await? {
                     Some(info) => self
                         .ensure_copies(&info, &record.holders, &residency(&record))
@@ -268,6 +270,33 @@ impl Replicator {
             }
         }
         Ok(())
+    }
+
+    /// Asks the live members of `record`'s regions that lack it, one at a time, to fetch it
+    /// (the repair of a blob this node may not store).
+    async fn ask_region_to_copy(
+        &self,
+        digest: &Digest,
+        record: &wharf_meta::records::BlobRecord,
+        live: &[wharf_types::NodeId],
+    ) -> Result<(), ReplicationError> {
+        let candidates: Vec<_> = self
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|(id, info)| {
+                live.contains(id) && !record.holders.contains(id) && record.stores_in(&info.region)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let mut last = ReplicationError::NoHolder(digest.clone());
+        for peer in candidates {
+            match self.ask_to_copy(peer, digest, record.size).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// The scrubber: re-hashes every blob this node holds (each chunk and the whole digest);

@@ -324,8 +324,67 @@ impl Replicator {
             } => {
                 return self.serve_forward(method, uri, headers, send, recv).await;
             }
+            Request::Copy { digest, .. } => {
+                let response = self.copy_here(&digest).await;
+                respond(&mut send, &response).await;
+            }
         }
         let _ = send.finish();
+    }
+
+    /// Serves [`Request::Copy`]: fetches `digest` into this node's store, if its record lets
+    /// this node's region keep it.
+    async fn copy_here(self: &Arc<Self>, digest: &Digest) -> Response {
+        let record = {
+            use redb::ReadableDatabase as _;
+            let db = self.meta.state();
+            db.begin_read()
+                .ok()
+                .and_then(|t| wharf_meta::query::blob(&t, digest).ok().flatten())
+        };
+        let Some(record) = record else {
+            return error_response(
+                ErrorCode::BlobUnknown,
+                format!("this node has no record of {digest} (yet)"),
+            );
+        };
+        if !record.stores_in(&self.region) {
+            return error_response(
+                ErrorCode::Denied,
+                format!("{digest} may not be stored in region {}", self.region),
+            );
+        }
+        match self.ensure_local(digest, &record).await {
+            Ok(()) => Response::Stored { size: record.size },
+            Err(e) => error_response(e.code(), e.to_string()),
+        }
+    }
+
+    /// Asks `peer` to fetch `digest` into its own store ([`Request::Copy`]); Ok once it holds
+    /// verified, fsync'd bytes.
+    pub(crate) async fn ask_to_copy(
+        &self,
+        peer: NodeId,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), ReplicationError> {
+        let request = Request::Copy {
+            from: self.node_id,
+            digest: digest.clone(),
+        };
+        let (mut send, mut recv) = self.open_request(peer, &request).await?;
+        let _ = send.finish();
+        let wait = PUSH_READY_TIMEOUT + fsync_allowance(size) + STALL_TIMEOUT;
+        match read_frame_within::<Response>(&mut recv, wait)
+            .await
+            .map_err(|e| peer_error(peer, e))?
+        {
+            Response::Stored { .. } => Ok(()),
+            Response::Error { code, message } => {
+                Err(peer_error(peer, format!("{code}: {message}")))
+            }
+            other => Err(peer_error(peer, format!("unexpected answer {other:?}"))),
+        }
     }
 
     async fn serve_fetch(

@@ -660,3 +660,68 @@ fn a_residency_pinned_repository_never_stores_outside_its_regions() {
         .max();
     tracing::info!(?largest, files = digests_on_disk.len(), "node 3's files");
 }
+
+/// A pinned `on-demand` blob whose copy dies while the leader is outside its regions: the
+/// leader may not store it, so it asks a live node of those regions to fetch it, and
+/// `min_copies` live copies are back without any read — none of them on the leader.
+#[test]
+fn repair_of_a_pinned_blob_happens_inside_its_regions() {
+    init_logging();
+    let mut cluster = TestCluster::start(4, ClusterOpts::default());
+    let leader = cluster.leader();
+    let pinned: Vec<usize> = (0..4).filter(|i| *i != leader).collect();
+    let regions: Vec<&str> = pinned
+        .iter()
+        .map(|i| cluster.members[*i].region())
+        .collect();
+    let create = serde_json::json!({"name": "pin", "format": "oci", "immutable": false,
+        "replication": "on-demand", "regions": regions});
+    wait_until(
+        "the pinned repository is created",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = cluster.post(leader, "/api/v1/repos", create.clone());
+            status == 201 || body.to_string().contains("already exists")
+        },
+    );
+    let uploader = pinned[0];
+    let data = random_bytes(TWO_CHUNKS);
+    let digest = cluster.members[uploader].http().push_blob("pin/app", &data);
+    wait_until(
+        "two members record the upload",
+        Duration::from_secs(10),
+        || holders(&cluster, leader, &digest).len() == 2,
+    );
+    let first = holders(&cluster, leader, &digest);
+    let other = first
+        .iter()
+        .copied()
+        .find(|id| *id != cluster.members[uploader].node_id)
+        .unwrap();
+    let other_pos = cluster
+        .members
+        .iter()
+        .position(|m| m.node_id == other)
+        .unwrap();
+    assert!(
+        pinned.contains(&other_pos),
+        "a copy outside the regions: {first:?}"
+    );
+    cluster.kill9(other_pos);
+    let leader_id = cluster.members[leader].node_id;
+    let live: Vec<u64> = pinned
+        .iter()
+        .filter(|i| **i != other_pos)
+        .map(|i| cluster.members[*i].node_id)
+        .collect();
+    wait_until(
+        "the repair puts a second live copy inside the regions",
+        Duration::from_secs(60),
+        || {
+            let h = holders(&cluster, leader, &digest);
+            h.iter().filter(|id| live.contains(id)).count() >= 2
+        },
+    );
+    assert!(!holders(&cluster, leader, &digest).contains(&leader_id));
+    assert!(!blob_file(&cluster.members[leader], &digest).is_file());
+}
