@@ -382,6 +382,18 @@ impl Registry {
         // A pinned repository is a cluster-version-4 command. Checked here, before proposing:
         // once this node applied version 4, every member supports it (an older binary can no
         // longer join), so no member can apply the command without its `regions`.
+        if let Some(replication) = &self.replication {
+            let known = replication.member_regions();
+            if let Some(unknown) = settings.regions.iter().find(|r| !known.contains(*r)) {
+                return Err(RegistryError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "no member of the cluster is in region {unknown:?} (members are in: {})",
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
         if !settings.regions.is_empty() {
             let running = self.read(wharf_meta::versions::cluster_version)?;
             if running < RESIDENCY_CLUSTER_VERSION {

@@ -230,6 +230,15 @@ impl Replicator {
             .collect()
     }
 
+    /// The regions the members of the configuration are in.
+    pub fn member_regions(&self) -> BTreeSet<String> {
+        self.cluster
+            .members()
+            .into_iter()
+            .map(|(_, info)| info.region)
+            .collect()
+    }
+
     /// The nearest other member in one of `regions` that is known to be up (on a follower:
     /// any member), to run a write of a residency-pinned repository.
     pub fn nearest_in(&self, regions: &BTreeSet<String>) -> Option<NodeId> {

@@ -552,12 +552,14 @@ fn a_residency_pinned_repository_never_stores_outside_its_regions() {
             status == 201 || body.to_string().contains("already exists")
         },
     );
-    let (status, body) = cluster.post(
-        0,
-        "/api/v1/repos",
-        serde_json::json!({"name": "bad", "format": "oci", "regions": ["eu west"]}),
-    );
-    assert_eq!(status, 400, "{body}");
+    for bad in ["eu west", "eu-central"] {
+        let (status, body) = cluster.post(
+            0,
+            "/api/v1/repos",
+            serde_json::json!({"name": "bad", "format": "oci", "regions": [bad]}),
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
 
     let outside = &cluster.members[2];
     let env = ClientEnv::new(&outside.client);
