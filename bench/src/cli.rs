@@ -25,6 +25,10 @@ pub enum ScenarioName {
     TagOnly,
     /// No server: one in-process TCP stream of `--size` bytes, the machine's ceiling.
     Loopback,
+    /// Cluster read-through: a new blob per op is pushed (untimed) to `--target`, then the op
+    /// GETs it from `--pull-from`, a node that does not hold it and streams it from a peer.
+    /// Use an `on-demand` repository, so that no node copies it ahead of the read.
+    CrossNodePull,
 }
 
 impl ScenarioName {
@@ -40,6 +44,7 @@ impl ScenarioName {
             Self::TagCommit => "tag-commit",
             Self::TagOnly => "tag-only",
             Self::Loopback => "loopback",
+            Self::CrossNodePull => "cross-node-pull",
         }
     }
 
@@ -47,7 +52,11 @@ impl ScenarioName {
     pub fn moves_blobs(self) -> bool {
         matches!(
             self,
-            Self::BlobPush | Self::DockerPush | Self::BlobPull | Self::Loopback
+            Self::BlobPush
+                | Self::DockerPush
+                | Self::BlobPull
+                | Self::Loopback
+                | Self::CrossNodePull
         )
     }
 }
@@ -90,6 +99,9 @@ pub struct Args {
     /// Print exactly one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// `cross-node-pull`: base URL of the node the blobs are read from (not `--target`).
+    #[arg(long)]
+    pub pull_from: Option<String>,
 }
 
 /// The run's parameters with every default filled in.
@@ -115,6 +127,8 @@ pub struct Settings {
     pub seed: u64,
     /// JSON output.
     pub json: bool,
+    /// Where `cross-node-pull` reads.
+    pub pull_from: Option<String>,
 }
 
 const KIB: u64 = 1024;
@@ -125,7 +139,10 @@ impl Args {
     /// Fills in scenario-specific defaults and checks the combination.
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let size = self.size.unwrap_or(match self.scenario {
-            ScenarioName::BlobPush | ScenarioName::DockerPush | ScenarioName::BlobPull => MIB,
+            ScenarioName::BlobPush
+            | ScenarioName::DockerPush
+            | ScenarioName::BlobPull
+            | ScenarioName::CrossNodePull => MIB,
             ScenarioName::Loopback => GIB,
             _ => KIB,
         });
@@ -134,6 +151,7 @@ impl Args {
             ScenarioName::BlobPush
             | ScenarioName::DockerPush
             | ScenarioName::BlobPull
+            | ScenarioName::CrossNodePull
             | ScenarioName::Loopback => default_blob_ops(size),
             ScenarioName::TagCommit | ScenarioName::TagOnly => 1000,
             _ => 2000,
@@ -149,6 +167,15 @@ impl Args {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
             now.map_or(0, |d| d.as_nanos() as u64) % 1_000_000_000_000
         });
+        let cross = self.scenario == ScenarioName::CrossNodePull;
+        anyhow::ensure!(
+            cross == self.pull_from.is_some(),
+            "--pull-from goes with --scenario cross-node-pull, and only with it"
+        );
+        anyhow::ensure!(
+            self.pull_from.as_deref() != Some(self.target.as_str()),
+            "--pull-from must be another node than --target"
+        );
         Ok(Settings {
             scenario: self.scenario,
             target: self.target.clone(),
@@ -160,6 +187,7 @@ impl Args {
             server_pid: self.server_pid,
             seed,
             json: self.json,
+            pull_from: self.pull_from.clone(),
         })
     }
 }

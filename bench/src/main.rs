@@ -87,6 +87,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
 
     let scenario = Arc::new(Scenario::setup(&s, target.clone()).await?);
+    // Ops of `cross-node-pull` read from another node than the one setup pushed to.
+    let target = match &s.pull_from {
+        Some(url) => Some(Arc::new(Target::resolve(url).await?)),
+        None => target,
+    };
     let mut conns: Vec<Conn> = (0..s.clients)
         .map(|_| {
             // Loopback ops open their own sockets; their Conn is never used.

@@ -206,7 +206,16 @@ impl Stored {
     /// Makes sure the fixture blob of `size` exists (contents depend on the size only, so repeated
     /// runs against one registry reuse it).
     pub async fn setup(conn: &mut Conn, name: &str, size: u64) -> anyhow::Result<Self> {
-        let state = prng::stream_seed(0x5E70_0000, size);
+        Self::setup_from(conn, name, size, prng::stream_seed(0x5E70_0000, size)).await
+    }
+
+    /// Makes sure the blob of `size` bytes from stream state `state` exists.
+    pub async fn setup_from(
+        conn: &mut Conn,
+        name: &str,
+        size: u64,
+        state: u64,
+    ) -> anyhow::Result<Self> {
         let digest = tokio::task::spawn_blocking(move || prng::digest_of(state, size)).await?;
         push(
             conn,

@@ -27,6 +27,8 @@ pub enum Scenario {
     TagCommit(manifest::TagCommit),
     /// Local TCP ceiling.
     Loopback(loopback::Loopback),
+    /// GET of blob `i` (pushed elsewhere) from the read-through node.
+    CrossNodePull(Vec<blob::Stored>),
 }
 
 impl Scenario {
@@ -73,6 +75,14 @@ impl Scenario {
                         .await?,
                 )
             }
+            ScenarioName::CrossNodePull => {
+                let mut blobs = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+                for i in 0..total {
+                    let state = crate::prng::stream_seed(s.seed, i);
+                    blobs.push(blob::Stored::setup_from(&mut conn, &s.name, s.size, state).await?);
+                }
+                Self::CrossNodePull(blobs)
+            }
             ScenarioName::Loopback => anyhow::bail!("loopback has no registry setup"),
         })
     }
@@ -86,6 +96,13 @@ impl Scenario {
             Self::Manifest(m) => m.op(conn).await,
             Self::TagCommit(t) => t.op(conn, i).await,
             Self::Loopback(l) => l.op().await,
+            Self::CrossNodePull(blobs) => {
+                let blob = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| blobs.get(i))
+                    .context("op index beyond the blobs pushed in setup")?;
+                blob.get(conn).await
+            }
         }
     }
 
