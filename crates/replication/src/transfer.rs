@@ -341,16 +341,19 @@ impl Replicator {
         let _ = send.finish();
     }
 
+    /// A blob's record in this node's state, if it can be read.
+    fn local_record(&self, digest: &Digest) -> Option<BlobRecord> {
+        use redb::ReadableDatabase as _;
+        let db = self.meta.state();
+        db.begin_read()
+            .ok()
+            .and_then(|t| wharf_meta::query::blob(&t, digest).ok().flatten())
+    }
+
     /// Serves [`Request::Copy`]: fetches `digest` into this node's store, if its record lets
     /// this node's region keep it.
     async fn copy_here(self: &Arc<Self>, digest: &Digest) -> Response {
-        let record = {
-            use redb::ReadableDatabase as _;
-            let db = self.meta.state();
-            db.begin_read()
-                .ok()
-                .and_then(|t| wharf_meta::query::blob(&t, digest).ok().flatten())
-        };
+        let record = self.local_record(digest);
         let Some(record) = record else {
             return error_response(
                 ErrorCode::BlobUnknown,
@@ -384,16 +387,10 @@ impl Replicator {
         let (mut send, mut recv) = self.open_request(peer, &request).await?;
         let _ = send.finish();
         let wait = PUSH_READY_TIMEOUT + fsync_allowance(size) + STALL_TIMEOUT;
-        match read_frame_within::<Response>(&mut recv, wait)
+        let answer = read_frame_within::<Response>(&mut recv, wait)
             .await
-            .map_err(|e| peer_error(peer, e))?
-        {
-            Response::Stored { .. } => Ok(()),
-            Response::Error { code, message } => {
-                Err(peer_error(peer, format!("{code}: {message}")))
-            }
-            other => Err(peer_error(peer, format!("unexpected answer {other:?}"))),
-        }
+            .map_err(|e| peer_error(peer, e))?;
+        expect_stored(peer, answer)
     }
 
     async fn serve_fetch(
@@ -1040,29 +1037,17 @@ impl Replicator {
             }
         }
         send.finish().map_err(|e| peer_error(peer, e))?;
-        match read_frame_within::<Response>(&mut recv, fsync_allowance(chunks.blob_size))
+        let answer = read_frame_within::<Response>(&mut recv, fsync_allowance(chunks.blob_size))
             .await
-            .map_err(|e| peer_error(peer, e))?
-        {
-            Response::Stored { .. } => Ok(()),
-            Response::Error { code, message } => {
-                Err(peer_error(peer, format!("{code}: {message}")))
-            }
-            other => Err(peer_error(peer, format!("unexpected answer {other:?}"))),
-        }
+            .map_err(|e| peer_error(peer, e))?;
+        expect_stored(peer, answer)
     }
 
     /// A local copy failed its check: it leaves this node's holdings (before anything else
     /// happens to the file) and a verified copy is fetched from a holder, replacing it. Returns
     /// whether it was dropped (not when no other member holds the blob).
     pub async fn drop_corrupt(self: &Arc<Self>, digest: &Digest) -> bool {
-        let record = {
-            use redb::ReadableDatabase as _;
-            let db = self.meta.state();
-            db.begin_read()
-                .ok()
-                .and_then(|t| wharf_meta::query::blob(&t, digest).ok().flatten())
-        };
+        let record = self.local_record(digest);
         let Some(record) = record.filter(|r| !self.holders_nearest(r).is_empty()) else {
             // No other copy to fetch: deleting this one would lose its intact chunks too. Reads
             // of the damaged chunk keep failing (never served) until an operator acts.
@@ -1185,6 +1170,15 @@ impl PassThrough {
             }
             opened = self.open_next().await?;
         }
+    }
+}
+
+/// A peer's answer to a push or a copy request: Ok once it holds verified, fsync'd bytes.
+fn expect_stored(peer: NodeId, answer: Response) -> Result<(), ReplicationError> {
+    match answer {
+        Response::Stored { .. } => Ok(()),
+        Response::Error { code, message } => Err(peer_error(peer, format!("{code}: {message}"))),
+        other => Err(peer_error(peer, format!("unexpected answer {other:?}"))),
     }
 }
 
