@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wharf_tests::cluster::{ClusterOpts, TestCluster};
-use wharf_tests::{ClientEnv, init_logging, run, sha256_digest};
+use wharf_tests::{ClientEnv, init_logging, sha256_digest};
 
-use crate::replication::{TWO_CHUNKS, blob_file, holders, push_three_images, wait_until};
+use crate::replication::{
+    blob_file, holders, push_three_images, skopeo_push_two_chunk_image, wait_until,
+};
 
 /// How long node 3 gets, from the heal, to hold every blob pushed while it was cut off.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
@@ -60,18 +62,8 @@ fn a_partitioned_node_converges_after_the_heal_without_reads() {
     tracing::info!("--- push images through node 1 while node 3 is away");
     let mut digests = push_three_images(&cluster, "part/app");
     let env = ClientEnv::new(&cluster.members[0].client);
-    let layout = env.join("layout");
-    let image = wharf_tests::oci::write_layout(&layout, "v1", TWO_CHUNKS);
-    run(env
-        .skopeo()
-        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!(
-            "docker://{}/part/big:v1",
-            cluster.members[0].client
-        )));
-    digests.extend([image.manifest.digest.clone(), image.config.digest.clone()]);
-    digests.extend(image.layers.iter().map(|l| l.digest.clone()));
+    let (_, pushed) = skopeo_push_two_chunk_image(&env, &cluster.members[0].client, "part/big:v1");
+    digests.extend(pushed);
 
     tracing::info!("--- node 3 holds none of them while cut off");
     for digest in &digests {

@@ -64,6 +64,39 @@ fn flip_byte(path: &std::path::Path, offset: u64) {
     file.sync_all().unwrap();
 }
 
+/// Writes an image with a two-chunk layer and pushes it with skopeo to `docker://<client>/<reference>`
+/// (`name:tag`, tag `v1`); returns it and every digest involved (manifest, config, layers).
+pub(crate) fn skopeo_push_two_chunk_image(
+    env: &ClientEnv,
+    client: &str,
+    reference: &str,
+) -> (wharf_tests::oci::TestImage, Vec<String>) {
+    let layout = env.join("layout");
+    let image = wharf_tests::oci::write_layout(&layout, "v1", TWO_CHUNKS);
+    run(env
+        .skopeo()
+        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{client}/{reference}")));
+    let mut digests = vec![image.manifest.digest.clone(), image.config.digest.clone()];
+    digests.extend(image.layers.iter().map(|l| l.digest.clone()));
+    (image, digests)
+}
+
+/// Waits until member 0 records node `id` as holding every digest, and checks the files exist
+/// on member `i` (which has that id).
+fn wait_until_held_by(cluster: &TestCluster, i: usize, digests: &[String], what: &str) {
+    let id = cluster.members[i].node_id;
+    for digest in digests {
+        wait_until(
+            &format!("node {id} holds {digest} {what}"),
+            Duration::from_secs(30),
+            || holders(cluster, 0, digest).contains(&id),
+        );
+        assert!(blob_file(&cluster.members[i], digest).is_file());
+    }
+}
+
 /// GETs `path` from member `m`; `Ok(bytes)` only if the whole body arrived.
 fn get_body(m: &Member, path: &str, range: Option<&str>) -> (u16, Result<Vec<u8>, String>) {
     let client = reqwest::blocking::Client::builder()
@@ -99,18 +132,8 @@ fn skopeo_push_on_one_node_pulls_from_another_and_survives_its_loss() {
         },
     );
     let env = ClientEnv::new(&cluster.members[0].client);
-    let layout = env.join("layout");
-    let image = wharf_tests::oci::write_layout(&layout, "v1", TWO_CHUNKS);
-    run(env
-        .skopeo()
-        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!(
-            "docker://{}/team/app:v1",
-            cluster.members[0].client
-        )));
-    let mut digests = vec![image.manifest.digest.clone(), image.config.digest.clone()];
-    digests.extend(image.layers.iter().map(|l| l.digest.clone()));
+    let (image, digests) =
+        skopeo_push_two_chunk_image(&env, &cluster.members[0].client, "team/app:v1");
 
     tracing::info!("--- pulled from node 3 right after the ack: identical");
     let pull = |from: &Member, dir: &str| {
@@ -211,14 +234,7 @@ fn a_node_that_was_away_converges_without_reads() {
         assert!(!holders(&cluster, 0, digest).contains(&id3));
     }
     cluster.restart(2);
-    for digest in &digests {
-        wait_until(
-            &format!("node {id3} holds {digest}"),
-            Duration::from_secs(30),
-            || holders(&cluster, 0, digest).contains(&id3),
-        );
-        assert!(blob_file(&cluster.members[2], digest).is_file());
-    }
+    wait_until_held_by(&cluster, 2, &digests, "after its restart");
     assert_eq!(cluster.metric(2, "wharf_replication_backlog"), 0);
 
     tracing::info!("--- cut off without a restart: SIGSTOP, push, SIGCONT");
@@ -228,14 +244,7 @@ fn a_node_that_was_away_converges_without_reads() {
         assert!(!holders(&cluster, 0, digest).contains(&id3));
     }
     cluster.signal(2, "CONT");
-    for digest in &digests {
-        wait_until(
-            &format!("node {id3} holds {digest} after the cut"),
-            Duration::from_secs(30),
-            || holders(&cluster, 0, digest).contains(&id3),
-        );
-        assert!(blob_file(&cluster.members[2], digest).is_file());
-    }
+    wait_until_held_by(&cluster, 2, &digests, "after the cut");
 }
 
 /// A flipped byte in a stored copy is never served: a read that meets it first is served from
@@ -563,15 +572,7 @@ fn a_residency_pinned_repository_never_stores_outside_its_regions() {
 
     let outside = &cluster.members[2];
     let env = ClientEnv::new(&outside.client);
-    let layout = env.join("layout");
-    let image = wharf_tests::oci::write_layout(&layout, "v1", TWO_CHUNKS);
-    run(env
-        .skopeo()
-        .args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{}/eu/app:v1", outside.client)));
-    let mut digests = vec![image.manifest.digest.clone(), image.config.digest.clone()];
-    digests.extend(image.layers.iter().map(|l| l.digest.clone()));
+    let (image, digests) = skopeo_push_two_chunk_image(&env, &outside.client, "eu/app:v1");
 
     tracing::info!("--- pulled through node 3: identical");
     let out = env.join("pulled");

@@ -65,15 +65,20 @@ fn reaches(lab: &NetLab, from: Option<usize>, to: SocketAddr) -> bool {
     })
 }
 
-#[test]
-fn a_lab_cuts_isolates_and_heals_and_leaves_nothing_behind() {
-    let lab = NetLab::up(3);
-    let listeners: Vec<TcpListener> = (1..=3)
+/// One TCP listener inside each of the lab's three node namespaces, on the node's address.
+fn listeners_in(lab: &NetLab) -> Vec<TcpListener> {
+    (1..=3)
         .map(|i| {
             let addr = SocketAddr::from((lab.node_ip(i), 0));
             inside(Some(&lab.namespace(i)), || TcpListener::bind(addr).unwrap())
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_lab_cuts_isolates_and_heals_and_leaves_nothing_behind() {
+    let lab = NetLab::up(3);
+    let listeners = listeners_in(&lab);
     let at: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let node = |i: usize| at[i - 1];
     let all_pairs_reach = |lab: &NetLab| {
@@ -178,12 +183,7 @@ fn a_delayed_direction_is_slow_and_the_others_are_not() {
     let delay = Duration::from_millis(300);
     let fast = Duration::from_millis(150);
     let lab = NetLab::up(3);
-    let listeners: Vec<TcpListener> = (1..=3)
-        .map(|i| {
-            let addr = SocketAddr::from((lab.node_ip(i), 0));
-            inside(Some(&lab.namespace(i)), || TcpListener::bind(addr).unwrap())
-        })
-        .collect();
+    let listeners = listeners_in(&lab);
     let node = |i: usize| listeners[i - 1].local_addr().unwrap();
 
     lab.delay(&delayd, 1, 2, delay);
