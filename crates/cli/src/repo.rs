@@ -32,7 +32,7 @@ enum RepoCommand {
     /// Create a hosted repository.
     Create {
         name: String,
-        /// oci or generic.
+        /// oci, generic, npm, pypi or cargo.
         #[arg(long)]
         format: wharf_types::Format,
         /// Tags / paths bind once, forever.
@@ -54,6 +54,10 @@ enum RepoCommand {
         /// and stream its reads without keeping a copy. Default: every region.
         #[arg(long, value_delimiter = ',')]
         regions: Vec<String>,
+        /// npm: let versions be unpublished (`npm unpublish`); an unpublished version stays
+        /// reserved forever.
+        #[arg(long)]
+        allow_unpublish: bool,
     },
     /// List repositories.
     List,
@@ -71,8 +75,9 @@ pub async fn run(args: RepoArgs) -> anyhow::Result<()> {
             consistency,
             replication,
             regions,
+            allow_unpublish,
         } => {
-            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index, "consistency": consistency, "replication": replication, "regions": regions });
+            let body = json!({ "name": name, "format": format, "immutable": immutable, "allow_sparse_index": allow_sparse_index, "consistency": consistency, "replication": replication, "regions": regions, "allow_unpublish": allow_unpublish });
             let response = client
                 .post(format!("{base}/api/v1/repos"))
                 .json(&body)

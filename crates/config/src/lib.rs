@@ -298,6 +298,14 @@ pub struct HttpConfig {
     pub max_manifest_bytes: u64,
     /// Largest JSON body of admin requests.
     pub max_admin_body_bytes: u64,
+    /// Largest `npm publish` body (JSON with the base64 tarball; 413 above it).
+    pub max_npm_publish_bytes: u64,
+    /// Largest PyPI upload request (multipart; 413 above it).
+    pub max_pypi_upload_bytes: u64,
+    /// Largest `cargo publish` body (413 above it).
+    pub max_cargo_publish_bytes: u64,
+    /// Largest total a `.crate` may inflate to when it is checked (never unpacked to disk).
+    pub max_crate_unpacked_bytes: u64,
     pub tls: Option<TlsConfig>,
 }
 
@@ -306,6 +314,10 @@ impl Default for HttpConfig {
         HttpConfig {
             max_manifest_bytes: 4 * 1024 * 1024,
             max_admin_body_bytes: 64 * 1024,
+            max_npm_publish_bytes: 256 * 1024 * 1024,
+            max_pypi_upload_bytes: 1024 * 1024 * 1024,
+            max_cargo_publish_bytes: 64 * 1024 * 1024,
+            max_crate_unpacked_bytes: 512 * 1024 * 1024,
             tls: None,
         }
     }

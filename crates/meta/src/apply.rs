@@ -125,9 +125,9 @@ fn expire_requests(txn: &WriteTransaction, log_index: u64) -> Result<()> {
 
 type Verdict = std::result::Result<Outcome, Rejection>;
 
-struct Ctx<'a> {
-    txn: &'a WriteTransaction,
-    now_ms: u64,
+pub(crate) struct Ctx<'a> {
+    pub(crate) txn: &'a WriteTransaction,
+    pub(crate) now_ms: u64,
     log_index: u64,
 }
 
@@ -189,6 +189,8 @@ impl Ctx<'_> {
                 added,
                 removed,
             } => self.holdings_changed(*node_id, added, removed),
+            Command::PublishPackage(publish) => self.publish_package(publish),
+            Command::UpdatePackage(update) => self.update_package(update),
         }
     }
 
@@ -617,7 +619,7 @@ impl Ctx<'_> {
     }
 
     /// The repository, or the rejection to give when it is missing or of another format.
-    fn require_repo(
+    pub(crate) fn require_repo(
         &self,
         name: &RepoName,
         format: Option<Format>,
@@ -761,7 +763,7 @@ impl Ctx<'_> {
     /// A blob linked into `repo`: if the repository wants copies everywhere, so does the blob;
     /// its residency widens to the repository's regions (or to anywhere, for a repository
     /// without residency).
-    fn note_placement(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+    pub(crate) fn note_placement(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let Some(settings) = self.repo(repo)?.map(|r| r.settings) else {
             return Ok(());
         };
@@ -792,7 +794,7 @@ impl Ctx<'_> {
 
     /// Adds `holder` to a blob's holders (creating its record, with `regions` as its residency);
     /// whether anything changed.
-    fn record_blob(
+    pub(crate) fn record_blob(
         &self,
         digest: &Digest,
         size: u64,
@@ -820,7 +822,7 @@ impl Ctx<'_> {
 }
 
 /// The residency a repository gives a blob it is the first to record: its regions, or anywhere.
-fn residency(settings: &RepoSettings) -> Option<BTreeSet<String>> {
+pub(crate) fn residency(settings: &RepoSettings) -> Option<BTreeSet<String>> {
     (!settings.regions.is_empty()).then(|| settings.regions.clone())
 }
 
@@ -872,7 +874,7 @@ fn get_digest(txn: &WriteTransaction, table: StateTable, k: &[u8]) -> Result<Opt
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     //! Each test pins one guarantee of DESIGN.md §1 that `apply` is responsible for.
 
     use redb::{Database, ReadableDatabase};
@@ -880,18 +882,18 @@ mod tests {
     use super::*;
     use crate::command::{ManifestPut, RequestId};
 
-    struct Sm {
-        db: Database,
+    pub(crate) struct Sm {
+        pub(crate) db: Database,
         index: u64,
         _dir: tempfile::TempDir,
     }
 
-    fn digest(n: u8) -> Digest {
+    pub(crate) fn digest(n: u8) -> Digest {
         Digest::from_sha256_bytes(&[n; 32])
     }
 
     impl Sm {
-        fn new() -> Sm {
+        pub(crate) fn new() -> Sm {
             let dir = tempfile::tempdir().unwrap();
             let db = Database::create(dir.path().join("state.redb")).unwrap();
             Sm {
@@ -917,7 +919,7 @@ mod tests {
             result
         }
 
-        fn apply(&mut self, command: Command) -> CommandResult {
+        pub(crate) fn apply(&mut self, command: Command) -> CommandResult {
             let id = format!("req-{}", self.index + 1);
             self.apply_as(&id, command)
         }
@@ -930,6 +932,7 @@ mod tests {
                 consistency: crate::command::Consistency::Strong,
                 replication: Default::default(),
                 regions: Default::default(),
+                allow_unpublish: false,
             };
             let r = self.apply(Command::CreateRepo {
                 name: RepoName::new(name).unwrap(),
@@ -1178,6 +1181,7 @@ mod tests {
             consistency: crate::command::Consistency::Strong,
             replication: Default::default(),
             regions: Default::default(),
+            allow_unpublish: false,
         };
         let create = Command::CreateRepo {
             name: RepoName::new("r").unwrap(),
@@ -1389,7 +1393,7 @@ mod tests {
         assert_eq!(sm.apply_as("join-retry", admit("t4")), first);
     }
 
-    fn set_members(sm: &Sm, ids: &[u64]) {
+    pub(crate) fn set_members(sm: &Sm, ids: &[u64]) {
         use std::collections::{BTreeMap, BTreeSet};
         let nodes: BTreeMap<u64, crate::raft_types::NodeInfo> = ids
             .iter()
@@ -1434,6 +1438,7 @@ mod tests {
             consistency: crate::command::Consistency::Strong,
             replication: ReplicationPolicy::OnDemand,
             regions: Default::default(),
+            allow_unpublish: false,
         };
         sm.apply(Command::CreateRepo {
             name: RepoName::new("lazy").unwrap(),
@@ -1488,6 +1493,7 @@ mod tests {
                 consistency: crate::command::Consistency::Strong,
                 replication: ReplicationPolicy::AllRegions,
                 regions: regions.iter().map(|r| r.to_string()).collect(),
+                allow_unpublish: false,
             },
             if_absent: false,
         };

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use wharf_types::{Digest, ErrorCode, Format, ImageName, NodeId, RepoName, Tag};
 
+use crate::packages::{PackagePublish, PackageUpdate};
+
 /// Current envelope encoding version.
 pub const ENVELOPE_VERSION: u16 = 1;
 
@@ -59,6 +61,10 @@ pub struct RepoSettings {
     /// stream its reads without keeping a copy. Since cluster version 4.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub regions: BTreeSet<String>,
+    /// Package repositories (npm): versions may be unpublished (each stays reserved forever).
+    /// Since cluster version 5.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unpublish: bool,
 }
 
 impl RepoSettings {
@@ -220,6 +226,12 @@ pub enum Command {
         added: Vec<HeldBlob>,
         removed: Vec<Digest>,
     },
+    /// Bind a package version (or more files of it) to stored blobs (npm, PyPI, Cargo).
+    /// Since cluster version 5.
+    PublishPackage(PackagePublish),
+    /// Change a package's dist-tags, deprecations, yanks, owners or unpublish versions.
+    /// Since cluster version 5.
+    UpdatePackage(PackageUpdate),
 }
 
 /// A blob a node reports holding.
@@ -249,6 +261,8 @@ impl Command {
             Command::SetClusterVersion { .. } => "set_cluster_version",
             Command::ReportStateHash { .. } => "report_state_hash",
             Command::HoldingsChanged { .. } => "holdings_changed",
+            Command::PublishPackage(_) => "publish_package",
+            Command::UpdatePackage(_) => "update_package",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod command;
 mod handle;
 pub mod log_store;
+pub mod packages;
 pub mod query;
 pub mod raft_types;
 pub mod records;

@@ -32,7 +32,7 @@ fn get_raw(txn: &ReadTransaction, table: StateTable, k: &[u8]) -> Result<Option<
     Ok(t.get(k)?.map(|v| v.value().to_vec()))
 }
 
-fn get_json<T: DeserializeOwned>(
+pub(crate) fn get_json<T: DeserializeOwned>(
     txn: &ReadTransaction,
     table: StateTable,
     k: &[u8],
@@ -52,11 +52,11 @@ fn parse_digest(bytes: &[u8]) -> Result<Digest> {
 }
 
 /// Entries of a listing (key with the prefix stripped, raw value) and whether more follow.
-type Listing = (Vec<(String, Vec<u8>)>, bool);
+pub(crate) type Listing = (Vec<(String, Vec<u8>)>, bool);
 
 /// Lists keys (with the prefix stripped) and values under `prefix`, strictly after `after`,
 /// at most `limit`; the flag says whether more entries follow.
-fn list_under(
+pub(crate) fn list_under(
     txn: &ReadTransaction,
     table: StateTable,
     key_prefix: &[u8],
@@ -241,7 +241,7 @@ pub fn files_under(
 /// was applied up to, from one read transaction. Nodes at the same applied index must report
 /// the same hash (DESIGN.md §1.1).
 pub fn state_hash(txn: &ReadTransaction) -> Result<(Option<u64>, String)> {
-    use redb::{ReadableTable, TableHandle};
+    use redb::{ReadableTable, ReadableTableMetadata, TableHandle};
     use sha2::{Digest as _, Sha256};
 
     let mut hasher = Sha256::new();
@@ -249,6 +249,9 @@ pub fn state_hash(txn: &ReadTransaction) -> Result<(Option<u64>, String)> {
         let Some(t) = open(txn, *table)? else {
             continue;
         };
+        if tables::left_out_when_empty(*table) && t.is_empty()? {
+            continue;
+        }
         let name = table.name().as_bytes();
         hasher.update((name.len() as u64).to_be_bytes());
         hasher.update(name);

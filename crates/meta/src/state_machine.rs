@@ -42,7 +42,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
+};
 use sha2::{Digest as _, Sha256};
 
 use crate::apply::apply_entry;
@@ -442,8 +444,11 @@ fn build(
         let file = File::create(&tmp)?;
         let mut w = SnapshotWriter::new(BufWriter::new(file), &meta)?;
         for def in STATE_TABLES {
-            w.table(def.name())?;
             let table = txn.open_table(*def).map_err(storage)?;
+            if crate::tables::left_out_when_empty(*def) && table.is_empty().map_err(storage)? {
+                continue;
+            }
+            w.table(def.name())?;
             for item in table.iter().map_err(storage)? {
                 let (k, v) = item.map_err(storage)?;
                 w.pair(k.value(), v.value())?;

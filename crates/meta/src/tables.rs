@@ -13,6 +13,7 @@
 //! images       <name>                         -> "" (catalog)
 //! referrers    <name> 0x00 <subject digest> 0x00 <referrer digest> -> json ReferrerDescriptor
 //! files        <repo> 0x00 <path>             -> json FileRecord
+//! packages, package_versions                  (see crate::packages)
 //! requests     <request id>                   -> json (log index, CommandResult)
 //! request_log  <log index u64 BE>             -> <request id>   (expiry by log index)
 //! sm_meta      "last_applied" | "membership" | "cluster_version" -> json
@@ -34,6 +35,8 @@ pub const TAGS: StateTable = TableDefinition::new("tags");
 pub const IMAGES: StateTable = TableDefinition::new("images");
 pub const REFERRERS: StateTable = TableDefinition::new("referrers");
 pub const FILES: StateTable = TableDefinition::new("files");
+pub const PACKAGES: StateTable = TableDefinition::new("packages");
+pub const PACKAGE_VERSIONS: StateTable = TableDefinition::new("package_versions");
 pub const REQUESTS: StateTable = TableDefinition::new("requests");
 pub const REQUEST_LOG: StateTable = TableDefinition::new("request_log");
 /// Raft bookkeeping of the state machine (last applied log id, membership, cluster version).
@@ -55,7 +58,20 @@ pub const STATE_TABLES: &[StateTable] = &[
     REQUEST_LOG,
     SM_META,
     CLUSTER,
+    PACKAGES,
+    PACKAGE_VERSIONS,
 ];
+
+/// Tables added after cluster version 4. A binary from before them neither hashes nor decodes
+/// them, so while one is empty it is left out of state hashes and snapshots: a cluster in the
+/// middle of an upgrade keeps equal hashes, and an older follower can install a newer leader's
+/// snapshot (the tables fill only once every member runs version 5).
+pub fn left_out_when_empty(table: StateTable) -> bool {
+    use redb::TableHandle;
+    [PACKAGES, PACKAGE_VERSIONS]
+        .iter()
+        .any(|t| t.name() == table.name())
+}
 
 /// Joins key parts with a 0x00 separator (names never contain NUL).
 pub fn key(parts: &[&str]) -> Vec<u8> {

@@ -37,7 +37,7 @@ use crate::tables::{self, key, prefix};
 pub const BASE_CLUSTER_VERSION: u32 = 1;
 /// The newest cluster version this binary can run: it decodes and applies every command kind
 /// introduced up to it.
-pub const SUPPORTED_CLUSTER_VERSION: u32 = 4;
+pub const SUPPORTED_CLUSTER_VERSION: u32 = 5;
 /// How many checkpoints' reports are kept.
 const CHECKPOINTS_KEPT: usize = 16;
 
@@ -68,7 +68,13 @@ impl Command {
         match self {
             Command::ReportStateHash { .. } => 2,
             Command::HoldingsChanged { .. } => 3,
+            Command::CreateRepo { settings, .. }
+                if settings.format.is_package() || settings.allow_unpublish =>
+            {
+                5
+            }
             Command::CreateRepo { settings, .. } if !settings.regions.is_empty() => 4,
+            Command::PublishPackage(_) | Command::UpdatePackage(_) => 5,
             _ => BASE_CLUSTER_VERSION,
         }
     }

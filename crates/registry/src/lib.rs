@@ -9,6 +9,7 @@
 mod error;
 mod files;
 mod oci;
+mod packages;
 mod small_blobs;
 
 pub use oci::{Mounted, NewManifest};
@@ -25,6 +26,7 @@ use wharf_types::{Digest, ErrorCode, Format, NodeId, RepoName};
 
 pub use error::RegistryError;
 pub use wharf_blob::{BlobError, BlobReader, BlobStream, FsBlobStore};
+pub use wharf_meta::packages as package_records;
 pub use wharf_meta::records;
 pub use wharf_meta::{Outcome, RepoSettings};
 
@@ -93,6 +95,8 @@ pub struct Registry {
 
 /// The cluster version that introduced repositories with data residency.
 const RESIDENCY_CLUSTER_VERSION: u32 = 4;
+/// The cluster version that introduced npm, PyPI and Cargo repositories.
+const PACKAGES_CLUSTER_VERSION: u32 = 5;
 
 /// Default of `read.max_staleness` for `bounded` repositories.
 pub const DEFAULT_MAX_STALENESS: std::time::Duration = std::time::Duration::from_secs(1);
@@ -340,11 +344,13 @@ impl Registry {
             None if self.auto_create_repos => {
                 let settings = RepoSettings {
                     format,
-                    immutable: format == Format::Generic,
+                    // Package versions are immutable whatever this says (DESIGN.md §1.3).
+                    immutable: format == Format::Generic || format.is_package(),
                     allow_sparse_index: false,
                     consistency: wharf_meta::Consistency::Strong,
                     replication: Default::default(),
                     regions: Default::default(),
+                    allow_unpublish: false,
                 };
                 self.propose_create_repo(ctx, name, settings, true).await?;
                 self.repo(name).await?
@@ -390,6 +396,20 @@ impl Registry {
                     format!(
                         "no member of the cluster is in region {unknown:?} (members are in: {})",
                         known.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+        if settings.format.is_package() || settings.allow_unpublish {
+            let running = self.read(wharf_meta::versions::cluster_version)?;
+            if running < PACKAGES_CLUSTER_VERSION {
+                return Err(RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "{} repositories need cluster version {PACKAGES_CLUSTER_VERSION}; the \
+                         cluster runs version {running} until every member runs a wharf that \
+                         supports it",
+                        settings.format.as_str()
                     ),
                 ));
             }
@@ -662,6 +682,7 @@ mod tests {
             consistency: wharf_meta::Consistency::Strong,
             replication: Default::default(),
             regions: Default::default(),
+            allow_unpublish: false,
         };
         let mut stuck = Vec::new();
         for i in 0..MAX_PROPOSALS_IN_FLIGHT {

@@ -1,7 +1,8 @@
 //! The admin HTTP API under `/api/v1/` that `wharf repo …` talks to.
 //!
 //! `GET /api/v1/repos` lists repositories; `POST /api/v1/repos` creates one from
-//! `{"name","format","immutable","allow_sparse_index","consistency"}` (`strong` | `bounded`).
+//! `{"name","format","immutable","allow_sparse_index","consistency","replication","regions",
+//! "allow_unpublish"}` (`strong` | `bounded`).
 //! `GET /api/v1/blobs/{digest}` shows a blob's record: size, chunk root and the members holding
 //! verified copies. Errors are `{"errors":[{code,message}]}`.
 
@@ -46,6 +47,9 @@ pub struct RepoView {
     /// Data residency: the regions whose nodes store its bytes (empty: every region).
     #[serde(default)]
     pub regions: std::collections::BTreeSet<String>,
+    /// npm repositories: whether versions may be unpublished (each stays reserved forever).
+    #[serde(default)]
+    pub allow_unpublish: bool,
     #[serde(default, skip_deserializing)]
     pub created_ms: u64,
 }
@@ -126,6 +130,7 @@ async fn list_repos(State(state): State<AdminState>) -> Response {
                     consistency: r.settings.consistency,
                     replication: r.settings.replication,
                     regions: r.settings.regions,
+                    allow_unpublish: r.settings.allow_unpublish,
                     created_ms: r.created_ms,
                 })
                 .collect();
@@ -173,6 +178,7 @@ async fn create_repo(State(state): State<AdminState>, request: Request) -> Respo
         consistency: view.consistency,
         replication: view.replication,
         regions: view.regions.clone(),
+        allow_unpublish: view.allow_unpublish,
     };
     match state
         .registry

@@ -297,6 +297,7 @@ mod tests {
                 consistency: wharf_meta::Consistency::Strong,
                 replication: Default::default(),
                 regions: Default::default(),
+                allow_unpublish: false,
             },
             if_absent: false,
         }

@@ -167,14 +167,28 @@ string_newtype!(Tag);
 pub enum Format {
     Oci,
     Generic,
+    /// npm packages (since cluster version 5, like the two below).
+    Npm,
+    /// Python packages (PEP 503/691 simple index, legacy upload API).
+    Pypi,
+    /// Rust crates (sparse index and the registry web API).
+    Cargo,
 }
 
 impl Format {
+    /// npm, PyPI and Cargo: repositories of named packages with immutable versions.
+    pub fn is_package(self) -> bool {
+        matches!(self, Format::Npm | Format::Pypi | Format::Cargo)
+    }
+
     /// The lowercase name used in URLs, config and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Oci => "oci",
             Format::Generic => "generic",
+            Format::Npm => "npm",
+            Format::Pypi => "pypi",
+            Format::Cargo => "cargo",
         }
     }
 }
@@ -185,7 +199,12 @@ impl std::str::FromStr for Format {
         match s {
             "oci" => Ok(Format::Oci),
             "generic" => Ok(Format::Generic),
-            other => Err(format!("unknown format {other:?}; known: oci, generic")),
+            "npm" => Ok(Format::Npm),
+            "pypi" => Ok(Format::Pypi),
+            "cargo" => Ok(Format::Cargo),
+            other => Err(format!(
+                "unknown format {other:?}; known: oci, generic, npm, pypi, cargo"
+            )),
         }
     }
 }

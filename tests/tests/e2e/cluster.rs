@@ -17,7 +17,7 @@ use wharf_tests::{init_logging, run};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The cluster version this build supports (and a fresh cluster reaches).
-const CLUSTER_VERSION: u64 = 4;
+const CLUSTER_VERSION: u64 = 5;
 
 /// Pushes a config and one layer into `name` on `http`; returns a manifest referencing them.
 fn manifest_with_blobs(http: &OciHttp, name: &str, seed: &str) -> Vec<u8> {

@@ -1,0 +1,71 @@
+//! Packages (npm, PyPI, Cargo): publish a version whose files were stored through
+//! [`Registry::store_blob`], change a package's mutable facts, and read packages for index
+//! documents and downloads (DESIGN.md §4 "Publish", §1.5).
+
+use wharf_meta::packages::{
+    self, PackageDocument, PackagePublish, PackageRecord, PackageUpdate, VersionRecord,
+};
+use wharf_meta::{Command, Outcome};
+use wharf_types::RepoName;
+
+use crate::{Registry, RequestCtx, Result};
+
+impl Registry {
+    /// Binds a version (or more files of it) to blobs already stored. `apply` decides
+    /// immutability: the same files again are [`Outcome::Unchanged`], other bytes a CONFLICT.
+    pub async fn publish_package(
+        &self,
+        ctx: &RequestCtx,
+        publish: PackagePublish,
+    ) -> Result<Outcome> {
+        self.propose(ctx, "publish-package", Command::PublishPackage(publish))
+            .await
+    }
+
+    /// Changes a package's dist-tags, deprecations, yanks or owners, or unpublishes versions,
+    /// all or nothing.
+    pub async fn update_package(&self, ctx: &RequestCtx, update: PackageUpdate) -> Result<Outcome> {
+        self.propose(ctx, "update-package", Command::UpdatePackage(update))
+            .await
+    }
+
+    /// A package and all its versions, for an index document: read as the repository's
+    /// `consistency` asks (DESIGN.md §1.5c); a miss always runs the read barrier.
+    pub async fn package(&self, repo: &RepoName, key: &str) -> Result<Option<PackageDocument>> {
+        self.read_mutable(
+            repo,
+            |t| packages::package_with_versions(t, repo, key),
+            Option::is_some,
+        )
+        .await
+    }
+
+    /// One version, for a download. A live version is an immutable binding, answered from local
+    /// state (§1.5a); anything else runs the read barrier first.
+    pub async fn package_version(
+        &self,
+        repo: &RepoName,
+        key: &str,
+        version: &str,
+    ) -> Result<Option<VersionRecord>> {
+        let read = |t: &redb::ReadTransaction| {
+            Ok(packages::version(t, repo, key, version)?.filter(VersionRecord::is_live))
+        };
+        self.read_or_barrier(read).await
+    }
+
+    /// Packages of a repository in key order after `after`, at most `limit`; true if more follow.
+    pub async fn packages(
+        &self,
+        repo: &RepoName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, PackageRecord)>, bool)> {
+        self.read_mutable(
+            repo,
+            |t| packages::packages(t, repo, after, limit),
+            |(found, _)| !found.is_empty(),
+        )
+        .await
+    }
+}
