@@ -59,7 +59,12 @@ fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
         return stores.then(|| rest.split('/').next()).flatten();
     }
     if *method == http::Method::PUT {
-        return path.strip_prefix("/generic/")?.split('/').next();
+        // A generic file, or an npm publish (a metadata PUT stores nothing, but runs as well
+        // on a node of the regions).
+        let rest = path
+            .strip_prefix("/generic/")
+            .or_else(|| path.strip_prefix("/npm/"))?;
+        return rest.split('/').next();
     }
     None
 }
