@@ -29,6 +29,10 @@ pub enum ScenarioName {
     /// GETs it from `--pull-from`, a node that does not hold it and streams it from a peer.
     /// Use an `on-demand` repository, so that no node copies it ahead of the read.
     CrossNodePull,
+    /// GET of one package's packument (`--versions` versions, published in setup) as npm
+    /// sends it when installing: the abbreviated form, gzip accepted. The npm registry is at
+    /// `--npm-prefix` under `--target`.
+    NpmPackument,
 }
 
 impl ScenarioName {
@@ -45,6 +49,7 @@ impl ScenarioName {
             Self::TagOnly => "tag-only",
             Self::Loopback => "loopback",
             Self::CrossNodePull => "cross-node-pull",
+            Self::NpmPackument => "npm-packument",
         }
     }
 
@@ -102,6 +107,13 @@ pub struct Args {
     /// `cross-node-pull`: base URL of the node the blobs are read from (not `--target`).
     #[arg(long)]
     pub pull_from: Option<String>,
+    /// `npm-packument`: the npm registry's path under `--target` (`/npm/<repo>` on Wharf, empty
+    /// for a registry at the root such as verdaccio).
+    #[arg(long, default_value = "/npm/bench")]
+    pub npm_prefix: String,
+    /// `npm-packument`: how many versions the package has.
+    #[arg(long, default_value_t = 1000)]
+    pub versions: u64,
 }
 
 /// The run's parameters with every default filled in.
@@ -129,6 +141,10 @@ pub struct Settings {
     pub json: bool,
     /// Where `cross-node-pull` reads.
     pub pull_from: Option<String>,
+    /// The npm registry's path under the target.
+    pub npm_prefix: String,
+    /// Versions of the `npm-packument` package.
+    pub versions: u64,
 }
 
 const KIB: u64 = 1024;
@@ -188,6 +204,8 @@ impl Args {
             seed,
             json: self.json,
             pull_from: self.pull_from.clone(),
+            npm_prefix: self.npm_prefix.clone(),
+            versions: self.versions,
         })
     }
 }

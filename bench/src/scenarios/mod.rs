@@ -5,6 +5,7 @@
 pub mod blob;
 pub mod loopback;
 pub mod manifest;
+pub mod npm;
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub enum Scenario {
     Loopback(loopback::Loopback),
     /// GET of blob `i` (pushed elsewhere) from the read-through node.
     CrossNodePull(Vec<blob::Stored>),
+    /// GET of a packument.
+    NpmPackument(npm::Packument),
 }
 
 impl Scenario {
@@ -83,6 +86,9 @@ impl Scenario {
                 }
                 Self::CrossNodePull(blobs)
             }
+            ScenarioName::NpmPackument => Self::NpmPackument(
+                npm::Packument::setup(&mut conn, &s.npm_prefix, s.versions).await?,
+            ),
             ScenarioName::Loopback => anyhow::bail!("loopback has no registry setup"),
         })
     }
@@ -96,6 +102,7 @@ impl Scenario {
             Self::Manifest(m) => m.op(conn).await,
             Self::TagCommit(t) => t.op(conn, i).await,
             Self::Loopback(l) => l.op().await,
+            Self::NpmPackument(p) => p.op(conn).await,
             Self::CrossNodePull(blobs) => {
                 let blob = usize::try_from(i)
                     .ok()
@@ -111,6 +118,7 @@ impl Scenario {
         match self {
             Self::Manifest(m) => m.len(),
             Self::TagCommit(t) => t.len(),
+            Self::NpmPackument(p) => p.len(),
             _ => s.size,
         }
     }

@@ -40,6 +40,24 @@ impl Registry {
         .await
     }
 
+    /// A package's record alone, read as [`Registry::package`] reads: enough to find a
+    /// document rendered at its revision (a cache hit) without reading every version.
+    pub async fn package_record(
+        &self,
+        repo: &RepoName,
+        key: &str,
+    ) -> Result<Option<PackageRecord>> {
+        self.read_mutable(repo, |t| packages::package(t, repo, key), Option::is_some)
+            .await
+    }
+
+    /// A package and all its versions from this node's state as it is now, without a read
+    /// barrier: for rendering after [`Registry::package_record`] passed the repository's read
+    /// rule (the state only moves forward, so this is at least as new).
+    pub fn package_now(&self, repo: &RepoName, key: &str) -> Result<Option<PackageDocument>> {
+        self.read(|t| packages::package_with_versions(t, repo, key))
+    }
+
     /// One version, for a download. A live version is an immutable binding, answered from local
     /// state (§1.5a); anything else runs the read barrier first.
     pub async fn package_version(

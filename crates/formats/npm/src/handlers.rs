@@ -74,19 +74,27 @@ impl Handler<'_> {
     /// `GET /<name>`: the packument the `Accept` header asks for.
     pub async fn packument(&self, name: &str, headers: &HeaderMap, head: bool) -> HandlerResult {
         let representation = Representation::from_accept(header_str(headers, header::ACCEPT));
-        let Some((package, versions)) = self.state.registry.package(self.repo, name).await? else {
+        // The record alone tells the revision; the versions are read only to render.
+        let Some(record) = self.state.registry.package_record(self.repo, name).await? else {
             return Err(self.not_found(name));
         };
-        let key: DocumentKey = (
-            self.repo.to_string(),
-            name.to_string(),
-            package.revision,
-            representation,
-            self.base.to_string(),
-        );
-        let rendered = match self.state.documents.get(&key) {
+        let key = |revision| -> DocumentKey {
+            (
+                self.repo.to_string(),
+                name.to_string(),
+                revision,
+                representation,
+                self.base.to_string(),
+            )
+        };
+        let rendered = match self.state.documents.get(&key(record.revision)) {
             Some(rendered) => rendered,
             None => {
+                let (package, versions) = self
+                    .state
+                    .registry
+                    .package_now(self.repo, name)?
+                    .ok_or_else(|| self.not_found(name))?;
                 let doc = packument::render(
                     self.repo.as_str(),
                     &package,
@@ -96,7 +104,9 @@ impl Handler<'_> {
                 )
                 .ok_or_else(|| self.not_found(name))?;
                 let rendered = Arc::new(render_bytes(&doc));
-                self.state.documents.insert(key, rendered.clone());
+                self.state
+                    .documents
+                    .insert(key(package.revision), rendered.clone());
                 rendered
             }
         };
