@@ -332,8 +332,14 @@ fn routes(
     );
     let generic = wharf_generic::router(wharf_generic::GenericState {
         registry: registry.clone(),
-        external,
+        external: external.clone(),
     });
+    let cargo = wharf_cargo::router(wharf_cargo::CargoState::new(
+        registry.clone(),
+        external,
+        config.http.max_cargo_publish_bytes,
+        config.http.max_crate_unpacked_bytes,
+    ));
     let admin = admin::router(admin::AdminState {
         registry,
         max_body: config.http.max_admin_body_bytes,
@@ -354,6 +360,7 @@ fn routes(
     Router::new()
         .merge(oci)
         .merge(generic)
+        .merge(cargo)
         .merge(admin)
         .merge(cluster_api)
         .merge(health)
