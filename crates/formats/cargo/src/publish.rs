@@ -301,10 +301,7 @@ pub fn check_crate(
             )));
         }
         let mut components = path.components();
-        if !components
-            .next()
-            .is_some_and(|c| c == Component::Normal(root.as_ref()))
-        {
+        if components.next() != Some(Component::Normal(std::ffi::OsStr::new(&root))) {
             return Err(PublishError::BadCrate(format!(
                 "the .crate holds {shown:?}, outside its directory {root}/"
             )));
