@@ -694,3 +694,69 @@ fn bad_publishes_are_refused_and_bind_nothing() {
     let lines = index_lines(&server, "bad", "go/od/good");
     assert_eq!(lines.len(), 1, "{lines:?}");
 }
+
+/// A crate published through node 1 of a three-node cluster is built by cargo from node 3's
+/// index and downloads right away (DESIGN.md §1.5): cargo's own wait for the new version runs
+/// against node 1, the build against node 3 only.
+#[test]
+fn published_on_one_node_built_from_another() {
+    use wharf_tests::cluster::{ClusterOpts, TestCluster};
+    wharf_tests::init_logging();
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    cluster.wait_for_cluster_version();
+    let (status, body) = cluster.post(
+        0,
+        "/api/v1/repos",
+        serde_json::json!({"name": "shared", "format": "cargo", "immutable": true}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (one, three) = (&cluster.members[0], &cluster.members[2]);
+    let env = ClientEnv::new(&one.client);
+    let home = env.join("cargo-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[registries.one]\nindex = \"sparse+{}/cargo/shared/index/\"\n\n\
+             [registries.three]\nindex = \"sparse+{}/cargo/shared/index/\"\n",
+            one.url(),
+            three.url()
+        ),
+    )
+    .unwrap();
+    run_with_stdin(
+        cargo(&env).args(["login", "--registry", "one"]),
+        b"any-token\n",
+    );
+
+    tracing::info!("--- cargo publish through node 1");
+    let base = env.join("work/base_util");
+    write_crate(
+        &base,
+        "[package]\nname = \"base_util\"\nversion = \"0.3.0\"\nedition = \"2021\"\n\
+         description = \"base\"\nlicense = \"MIT\"\n",
+        "pub fn base() -> u32 { 3 }\n",
+    );
+    run(cargo(&env)
+        .current_dir(&base)
+        .args(["publish", "--registry", "one", "--allow-dirty"]));
+
+    tracing::info!("--- cargo build from node 3");
+    let app = env.join("work/app");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    std::fs::write(
+        app.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nbase_util = { version = \"0.3\", registry = \"three\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("src/main.rs"),
+        "fn main() { println!(\"{}\", base_util::base()); }\n",
+    )
+    .unwrap();
+    let out = run(cargo(&env).current_dir(&app).args(["run", "-q"]));
+    assert_eq!(out.trim(), "3");
+    let lock = std::fs::read_to_string(app.join("Cargo.lock")).unwrap();
+    assert!(lock.contains(&three.url()), "built from node 3: {lock}");
+}
