@@ -182,6 +182,7 @@ pub async fn download(
         .package_version(repo, &names::crate_key(name), &key)
         .await?
         .ok_or_else(not_found)?;
+    crate::index::ensure_cargo_repo(state, repo).await?;
     let (_, file) = record.files.iter().next().ok_or_else(not_found)?;
     let builder = Response::builder()
         .status(StatusCode::OK)
@@ -243,6 +244,7 @@ pub async fn list_owners(state: &CargoState, repo: &RepoName, name: &str) -> Han
                 format!("crate {name} is not in {repo}"),
             )
         })?;
+    crate::index::ensure_cargo_repo(state, repo).await?;
     let users: Vec<_> = record
         .owners
         .iter()

@@ -173,6 +173,22 @@ impl IndexCache {
     }
 }
 
+/// Refuses a repository of another format (404): its packages are not crates.
+pub async fn ensure_cargo_repo(state: &CargoState, repo: &RepoName) -> Result<(), CargoError> {
+    let record = state.registry.repo(repo).await?;
+    if record.settings.format != wharf_types::Format::Cargo {
+        return Err(CargoError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!(
+                "repository {repo} holds {} content, not crates",
+                record.settings.format.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `GET /cargo/<repo>/index/config.json`. Served for a repository that does not exist yet too:
 /// `cargo publish` reads it before the first publish creates the repository (`wharf dev`).
 pub async fn config(
@@ -182,20 +198,10 @@ pub async fn config(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, CargoError> {
-    match state.registry.repo(repo).await {
-        Ok(record) if record.settings.format != wharf_types::Format::Cargo => {
-            return Err(CargoError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::NotFound,
-                format!(
-                    "repository {repo} holds {} content, not crates",
-                    record.settings.format.as_str()
-                ),
-            ));
-        }
-        Ok(_) => {}
-        Err(e) if e.code() == ErrorCode::NameUnknown => {}
-        Err(e) => return Err(e.into()),
+    match ensure_cargo_repo(state, repo).await {
+        Ok(()) => {}
+        Err(e) if e.code == ErrorCode::NameUnknown => {}
+        Err(e) => return Err(e),
     }
     let api = format!("{base}/cargo/{repo}");
     Ok(Rendered::new(render_config(&api)).respond(headers, "application/json", head))
@@ -226,6 +232,7 @@ pub async fn file(
     if !record.name.eq_ignore_ascii_case(name) {
         return Err(not_found());
     }
+    ensure_cargo_repo(state, repo).await?;
     let rendered = state
         .index_cache
         .get_or_render((repo.to_string(), key, record.revision), || {
