@@ -51,6 +51,11 @@ fn version_key(version: &str) -> Result<String, CargoError> {
 /// `PUT /cargo/<repo>/api/v1/crates/new`: checks the body and the `.crate` (nothing is stored
 /// when a check fails), stores the `.crate` as a blob, then binds the version with its index
 /// line. The same bytes again are a success; other bytes for a published version a 409.
+///
+/// The body is read whole, under `http.max_cargo_publish_bytes` (a declared length above it is
+/// refused before any byte is read, so a client that sent `Expect: 100-continue` — cargo's
+/// curl does for large bodies — never sends it), and the `.crate` is checked in memory before
+/// it is stored: a refused archive never reaches the blob store or a peer.
 pub async fn publish(
     state: &CargoState,
     ctx: &RequestCtx,
@@ -72,6 +77,16 @@ pub async fn publish(
     if declared.is_some_and(|len| len > limit) {
         return Err(over());
     }
+    let Ok(_slot) = state.publishes.clone().try_acquire_owned() else {
+        return Err(CargoError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            format!(
+                "more than {} publishes are being checked on this node; retry shortly",
+                crate::MAX_PUBLISHES_IN_FLIGHT
+            ),
+        ));
+    };
     let body = wharf_http::read_limited(request.into_body(), limit)
         .await
         .map_err(|e| match e {

@@ -86,16 +86,15 @@ impl Rendered {
                 .header(header::VARY, "Accept, Accept-Encoding")
                 .header(header::ETAG, etag)
         };
-        if let Some(tags) = headers
+        // Weak comparison (RFC 9110 §13.1.2): `W/` prefixes are ignored.
+        let matches = headers
             .get_all(header::IF_NONE_MATCH)
             .iter()
-            .map(|v| v.to_str().unwrap_or_default())
-            .reduce(|_, last| last)
-            && tags.split(',').map(str::trim).any(|t| {
-                let t = t.trim_start_matches("W/");
-                t == "*" || t == self.etag || t == gz_etag
-            })
-        {
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == self.etag || t == gz_etag);
+        if matches {
             return builder(StatusCode::NOT_MODIFIED, &self.etag)
                 .body(Body::empty())
                 .unwrap_or_default();

@@ -43,7 +43,14 @@ pub struct CargoState {
     pub max_unpacked_bytes: u64,
     /// Rendered index files.
     pub index_cache: Arc<index::IndexCache>,
+    /// Publish bodies are held in memory while the `.crate` is checked (so that a refused one
+    /// never reaches the blob store): at most [`MAX_PUBLISHES_IN_FLIGHT`] at once.
+    pub publishes: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many publishes one node checks at once (each holds up to
+/// `http.max_cargo_publish_bytes` in memory); more get 429 + `Retry-After`.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 8;
 
 impl CargoState {
     /// State with an empty index cache.
@@ -59,6 +66,7 @@ impl CargoState {
             max_publish_bytes,
             max_unpacked_bytes,
             index_cache: Arc::default(),
+            publishes: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
         }
     }
 }

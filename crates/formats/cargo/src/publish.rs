@@ -566,6 +566,40 @@ mod tests {
         assert!(matches!(e, PublishError::BadCrate(_)), "{e}");
     }
 
+    /// Damaged bodies and archives (random bytes flipped, cut anywhere) are refused or accepted,
+    /// never a panic.
+    #[test]
+    fn damaged_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let seed = rand::random::<u64>();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let krate = crate_of(&[
+            ("tiny-0.1.0/Cargo.toml", MANIFEST),
+            ("tiny-0.1.0/src/lib.rs", b"pub fn f() {}\n"),
+        ]);
+        let json = r#"{"name":"tiny","vers":"0.1.0","deps":[{"name":"a","version_req":"1"}]}"#;
+        let good = body(json, &krate);
+        for _ in 0..500 {
+            let mut damaged = good.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..damaged.len());
+                damaged[i] = rng.random();
+            }
+            damaged.truncate(rng.random_range(0..=damaged.len()));
+            if let Ok((json, krate)) = split_body(&damaged) {
+                let _ = PublishMeta::parse(json).map(|m| m.index_line("x"));
+                let _ = check_crate(krate, "tiny", "0.1.0", 1 << 20);
+            }
+            // the archive alone, damaged
+            let mut archive = krate.clone();
+            let i = rng.random_range(0..archive.len());
+            archive[i] ^= 1 << rng.random_range(0..8);
+            archive.truncate(rng.random_range(0..=archive.len()));
+            let _ = check_crate(&archive, "tiny", "0.1.0", 1 << 20);
+        }
+        eprintln!("seed {seed}");
+    }
+
     #[test]
     fn a_crate_that_inflates_too_far_is_refused() {
         let zeros = vec![0u8; 4 << 20];
