@@ -72,6 +72,33 @@ fn version_view(core: &Core, db: &redb::Database) -> Result<(Option<u32>, u32, b
     Ok((mine, running, all_support))
 }
 
+/// A cluster whose only member is this node reports and raises its version at once, before it
+/// serves anything: a fresh `wharf dev` (or `cluster init`) runs its binary's cluster version
+/// from its first request. A failure is only logged; [`keep_versions`] keeps trying.
+pub(crate) async fn raise_alone(core: &Core, db: &redb::Database) {
+    let (mine, running, _) = match version_view(core, db) {
+        Ok(view) => view,
+        Err(e) => return tracing::warn!("cannot read cluster versions: {e}"),
+    };
+    if mine != Some(SUPPORTED_CLUSTER_VERSION) {
+        let report = Command::ReportNodeVersion {
+            node_id: core.node_id,
+            supported: SUPPORTED_CLUSTER_VERSION,
+        };
+        if let Err(e) = propose(core, attempt_id("node-version", core), report).await {
+            return tracing::warn!("cannot report this node's version: {e}");
+        }
+    }
+    if running < SUPPORTED_CLUSTER_VERSION {
+        let raise = Command::SetClusterVersion {
+            version: SUPPORTED_CLUSTER_VERSION,
+        };
+        if let Err(e) = propose(core, attempt_id("cluster-version", core), raise).await {
+            tracing::warn!("cannot raise the cluster version: {e}");
+        }
+    }
+}
+
 /// Reports this node's supported version until it is recorded; while leading, raises the
 /// cluster version once every member supports it. Ends when `stop` turns true.
 pub(crate) async fn keep_versions(
@@ -79,14 +106,18 @@ pub(crate) async fn keep_versions(
     db: Arc<redb::Database>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The first look comes at once and a successful report is followed by another look at
+    // once, so a fresh cluster (`wharf dev`) runs its binary's version within moments of start.
+    let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(VERSION_CHECK_INTERVAL) => {}
+            () = tokio::time::sleep(pause) => {}
         }
         if *stop.borrow() {
             return;
         }
+        pause = VERSION_CHECK_INTERVAL;
         // A node still catching up would see its own earlier report only later: wait.
         if !core.is_caught_up() {
             continue;
@@ -107,8 +138,9 @@ pub(crate) async fn keep_versions(
                 _ = stop.changed() => return,
                 proposed = propose(&core, attempt_id("node-version", &core), report) => proposed,
             };
-            if let Err(e) = proposed {
-                tracing::debug!("cannot report this node's version yet: {e}");
+            match proposed {
+                Ok(()) => pause = Duration::ZERO,
+                Err(e) => tracing::debug!("cannot report this node's version yet: {e}"),
             }
             continue;
         }

@@ -650,6 +650,17 @@ impl ClusterNode {
                     reason: e.to_string(),
                 });
             }
+            let alone = node
+                .core
+                .metrics()
+                .membership_config
+                .membership()
+                .nodes()
+                .count()
+                == 1;
+            if alone {
+                crate::housekeeping::raise_alone(&node.core, &node.state).await;
+            }
         }
         Ok(node)
     }

@@ -383,8 +383,16 @@ impl Registry {
         &self,
         ctx: &RequestCtx,
         name: &RepoName,
-        settings: RepoSettings,
+        mut settings: RepoSettings,
     ) -> Result<()> {
+        // Package versions are immutable in every repository (DESIGN.md §1.3).
+        settings.immutable |= settings.format.is_package();
+        if settings.allow_unpublish && settings.format != Format::Npm {
+            return Err(RegistryError::new(
+                ErrorCode::BadRequest,
+                "allow_unpublish applies to npm repositories only",
+            ));
+        }
         // A pinned repository is a cluster-version-4 command. Checked here, before proposing:
         // once this node applied version 4, every member supports it (an older binary can no
         // longer join), so no member can apply the command without its `regions`.

@@ -50,7 +50,7 @@ pub(crate) struct UploadForwarding {
 
 /// The repository named by a request that stores bytes: an OCI upload start (`POST
 /// /v2/<repo>/…/blobs/uploads/`, also monolithic and mount), an OCI manifest `PUT`, a generic
-/// file `PUT`, or a `cargo publish` (`PUT /cargo/<repo>/api/v1/crates/new`).
+/// file or npm publish `PUT`, or a `cargo publish` (`PUT /cargo/<repo>/api/v1/crates/new`).
 fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
     if let Some(rest) = path.strip_prefix("/v2/") {
         let stores = (*method == http::Method::POST
@@ -63,7 +63,12 @@ fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
             let (repo, rest) = rest.split_once('/')?;
             return (rest == "api/v1/crates/new").then_some(repo);
         }
-        return path.strip_prefix("/generic/")?.split('/').next();
+        // A generic file, or an npm publish (a metadata PUT stores nothing, but runs as well
+        // on a node of the regions).
+        let rest = path
+            .strip_prefix("/generic/")
+            .or_else(|| path.strip_prefix("/npm/"))?;
+        return rest.split('/').next();
     }
     None
 }

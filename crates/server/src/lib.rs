@@ -334,6 +334,11 @@ fn routes(
         registry: registry.clone(),
         external: external.clone(),
     });
+    let npm = wharf_npm::router(wharf_npm::NpmState::new(
+        registry.clone(),
+        external.clone(),
+        config.http.max_npm_publish_bytes,
+    ));
     let cargo = wharf_cargo::router(wharf_cargo::CargoState::new(
         registry.clone(),
         external,
@@ -360,6 +365,7 @@ fn routes(
     Router::new()
         .merge(oci)
         .merge(generic)
+        .merge(npm)
         .merge(cargo)
         .merge(admin)
         .merge(cluster_api)

@@ -13,6 +13,7 @@ mod crash;
 mod docker;
 mod generic;
 mod helm;
+mod npm;
 mod partition;
 mod podman;
 mod power_loss;
