@@ -49,8 +49,8 @@ pub(crate) struct UploadForwarding {
 }
 
 /// The repository named by a request that stores bytes: an OCI upload start (`POST
-/// /v2/<repo>/…/blobs/uploads/`, also monolithic and mount), an OCI manifest `PUT`, or a generic
-/// file `PUT`.
+/// /v2/<repo>/…/blobs/uploads/`, also monolithic and mount), an OCI manifest `PUT`, a generic
+/// file or npm publish `PUT`, or a `cargo publish` (`PUT /cargo/<repo>/api/v1/crates/new`).
 fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
     if let Some(rest) = path.strip_prefix("/v2/") {
         let stores = (*method == http::Method::POST
@@ -59,6 +59,10 @@ fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
         return stores.then(|| rest.split('/').next()).flatten();
     }
     if *method == http::Method::PUT {
+        if let Some(rest) = path.strip_prefix("/cargo/") {
+            let (repo, rest) = rest.split_once('/')?;
+            return (rest == "api/v1/crates/new").then_some(repo);
+        }
         // A generic file, or an npm publish (a metadata PUT stores nothing, but runs as well
         // on a node of the regions).
         let rest = path
@@ -251,6 +255,16 @@ mod tests {
             (Method::POST, "/v2/team/app/blobs/uploads", Some("team")),
             (Method::PUT, "/v2/team/app/manifests/v1", Some("team")),
             (Method::PUT, "/generic/files/a/b.tgz", Some("files")),
+            (
+                Method::PUT,
+                "/cargo/crates/api/v1/crates/new",
+                Some("crates"),
+            ),
+            (
+                Method::PUT,
+                "/cargo/crates/api/v1/crates/tiny/1.0.0/unyank",
+                None,
+            ),
             (Method::GET, "/v2/team/app/manifests/v1", None),
             (Method::PATCH, "/v2/team/app/blobs/uploads/1-ab", None),
             (Method::DELETE, "/generic/files/a/b.tgz", None),

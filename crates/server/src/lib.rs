@@ -336,8 +336,14 @@ fn routes(
     });
     let npm = wharf_npm::router(wharf_npm::NpmState::new(
         registry.clone(),
-        external,
+        external.clone(),
         config.http.max_npm_publish_bytes,
+    ));
+    let cargo = wharf_cargo::router(wharf_cargo::CargoState::new(
+        registry.clone(),
+        external,
+        config.http.max_cargo_publish_bytes,
+        config.http.max_crate_unpacked_bytes,
     ));
     let admin = admin::router(admin::AdminState {
         registry,
@@ -360,6 +366,7 @@ fn routes(
         .merge(oci)
         .merge(generic)
         .merge(npm)
+        .merge(cargo)
         .merge(admin)
         .merge(cluster_api)
         .merge(health)

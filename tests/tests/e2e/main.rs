@@ -7,6 +7,7 @@
 
 mod bench_smoke;
 mod buildah;
+mod cargo;
 mod cluster;
 mod crash;
 mod docker;
