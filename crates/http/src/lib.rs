@@ -3,6 +3,7 @@
 //! ([`ExternalUrl`]), and request bodies either streamed or read whole under a limit
 //! ([`read_limited`]).
 
+pub mod document;
 pub mod range;
 
 use std::net::{IpAddr, SocketAddr};
@@ -152,8 +153,28 @@ impl ExternalUrl {
         }
     }
 
+    /// The base URL of one request: as [`ExternalUrl::base`], with the request's own
+    /// authority (HTTP/2 `:authority`, which arrives without a `Host` header) as the host when
+    /// there is no `Host`.
+    pub fn base_of(&self, request: &Request) -> String {
+        self.base_with(
+            request.headers(),
+            peer_addr(request),
+            request.uri().authority().map(|a| a.as_str()),
+        )
+    }
+
     /// The base URL (scheme, host, optional prefix; no trailing slash) for one request.
     pub fn base(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+        self.base_with(headers, peer, None)
+    }
+
+    fn base_with(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+        authority: Option<&str>,
+    ) -> String {
         if let Some(url) = &self.public_url {
             return url.to_string();
         }
@@ -166,7 +187,7 @@ impl ExternalUrl {
         };
         let (mut scheme, mut host) = (
             if self.tls { "https" } else { "http" }.to_string(),
-            header("host").map(str::to_string),
+            header("host").or(authority).map(str::to_string),
         );
         let mut prefix = String::new();
         if trusted {
@@ -195,10 +216,8 @@ impl ExternalUrl {
                 prefix = p.trim_end_matches('/').to_string();
             }
         }
-        let host = host.unwrap_or_else(|| {
-            peer.map(|p| p.to_string())
-                .unwrap_or_else(|| "localhost".into())
-        });
+        // Never the peer's address: that is the client, not this server.
+        let host = host.unwrap_or_else(|| "localhost".into());
         format!("{scheme}://{host}{prefix}")
     }
 }

@@ -83,6 +83,76 @@ pub struct PackagePublish {
     pub exact_name: bool,
 }
 
+/// Largest encoded metadata (the version's and its files' facts) one publish may carry: it is
+/// in the Raft log, every snapshot and every index document.
+pub const MAX_METADATA_BYTES: usize = 1024 * 1024;
+/// Deepest JSON nesting allowed in metadata. An entry is decoded with serde_json's recursion
+/// limit (128) and the metadata sits a few levels down in it: a deeper document would be
+/// accepted, appended to the log, and then be undecodable on every node.
+pub const MAX_METADATA_DEPTH: usize = 32;
+/// Longest text (deprecation message, yank reason, tag, login) an update may carry.
+pub const MAX_CHANGE_TEXT: usize = 64 * 1024;
+
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl PackagePublish {
+    /// Why this publish may not be proposed: metadata too deep or too large (checked before
+    /// proposing; a log entry must always decode).
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let documents = std::iter::once(&self.metadata).chain(self.files.iter().map(|f| &f.facts));
+        let mut size = 0;
+        for doc in documents {
+            if depth(doc) > MAX_METADATA_DEPTH {
+                return Err(format!(
+                    "the package metadata nests deeper than {MAX_METADATA_DEPTH} levels"
+                ));
+            }
+            size += serde_json::to_vec(doc).map_or(usize::MAX, |b| b.len());
+        }
+        if size > MAX_METADATA_BYTES {
+            return Err(format!(
+                "the package metadata is {size} bytes; at most {MAX_METADATA_BYTES} are kept"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PackageUpdate {
+    /// Why this update may not be proposed: a text longer than [`MAX_CHANGE_TEXT`].
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let too_long = self.changes.iter().any(|c| {
+            let texts: [Option<&String>; 2] = match c {
+                PackageChange::DistTag { tag, version } => [Some(tag), version.as_ref()],
+                PackageChange::Deprecate { version, message } => [Some(version), message.as_ref()],
+                PackageChange::Yank {
+                    version, reason, ..
+                } => [Some(version), reason.as_ref()],
+                PackageChange::AddOwner { login } | PackageChange::RemoveOwner { login } => {
+                    [Some(login), None]
+                }
+                PackageChange::Unpublish { version } => [Some(version), None],
+            };
+            texts
+                .into_iter()
+                .flatten()
+                .any(|t| t.len() > MAX_CHANGE_TEXT)
+        });
+        if too_long {
+            return Err(format!(
+                "a tag, version, message or login is longer than {MAX_CHANGE_TEXT} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One change of a package's mutable facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PackageChange {
@@ -213,6 +283,16 @@ impl Ctx<'_> {
         if p.files.is_empty() {
             return reject(ErrorCode::BadRequest, "a publish needs at least one file");
         }
+        let names: BTreeSet<&str> = p.files.iter().map(|f| f.filename.as_str()).collect();
+        if names.len() != p.files.len() {
+            return reject(ErrorCode::BadRequest, "a publish names a file twice");
+        }
+        if let Some(target) = p.dist_tags.values().find(|t| **t != p.version_key) {
+            return reject(
+                ErrorCode::BadRequest,
+                format!("a publish may tag only the version it publishes, not {target}"),
+            );
+        }
         let pkey = package_key(&p.repo, &p.package);
         let vkey = version_key(&p.repo, &p.package, &p.version_key);
         let package = get_json::<PackageRecord>(self.txn, tables::PACKAGES, &pkey)?;
@@ -321,12 +401,6 @@ impl Ctx<'_> {
             );
         }
         for (tag, target) in &p.dist_tags {
-            if target != &p.version_key {
-                return reject(
-                    ErrorCode::BadRequest,
-                    format!("a publish may tag only the version it publishes, not {target}"),
-                );
-            }
             package.dist_tags.insert(tag.clone(), target.clone());
         }
         package.revision += 1;
@@ -373,24 +447,24 @@ impl Ctx<'_> {
                 | PackageChange::Unpublish { version: v } => Some(v),
                 _ => None,
             };
-            if let Some(v) = touched
-                && !versions.contains_key(v)
-            {
-                let record = get_json::<VersionRecord>(
-                    self.txn,
-                    tables::PACKAGE_VERSIONS,
-                    &version_key(&u.repo, &u.package, v),
-                )?;
-                match record {
-                    Some(record) if record.is_live() => {
+            if let Some(v) = touched {
+                if !versions.contains_key(v) {
+                    let record = get_json::<VersionRecord>(
+                        self.txn,
+                        tables::PACKAGE_VERSIONS,
+                        &version_key(&u.repo, &u.package, v),
+                    )?;
+                    if let Some(record) = record {
                         versions.insert(v.clone(), record);
                     }
-                    _ => {
-                        return reject(
-                            ErrorCode::NotFound,
-                            format!("{}@{v} does not exist", package.name),
-                        );
-                    }
+                }
+                // Checked at every change: an earlier change of this update may have
+                // unpublished it.
+                if !versions.get(v).is_some_and(VersionRecord::is_live) {
+                    return reject(
+                        ErrorCode::NotFound,
+                        format!("{}@{v} does not exist", package.name),
+                    );
                 }
             }
             match change {
@@ -847,6 +921,80 @@ mod tests {
         // Neither the same bytes nor others bind it again.
         rejected_with(sm.apply(tiny(1)), ErrorCode::Conflict);
         rejected_with(sm.apply(tiny(2)), ErrorCode::Conflict);
+    }
+
+    #[test]
+    fn a_change_after_an_unpublish_in_the_same_update_cannot_touch_that_version() {
+        let mut sm = sm_with_repo(Format::Npm, true);
+        for (v, n) in [("1.0.0", 1), ("2.0.0", 2)] {
+            let file = file(&format!("tiny-{v}.tgz"), n);
+            sm.apply(publish(Format::Npm, v, vec![file], VersionBinding::Whole));
+        }
+        let dangling = update(
+            vec![
+                PackageChange::Unpublish {
+                    version: "2.0.0".into(),
+                },
+                PackageChange::DistTag {
+                    tag: "beta".into(),
+                    version: Some("2.0.0".into()),
+                },
+            ],
+            None,
+        );
+        rejected_with(sm.apply(dangling), ErrorCode::NotFound);
+        let (package, versions) = stored(&sm);
+        assert!(versions.iter().all(|(_, v)| v.is_live()), "nothing applied");
+        assert!(!package.dist_tags.contains_key("beta"));
+    }
+
+    #[test]
+    fn a_refused_publish_records_no_blob() {
+        let mut sm = sm_with_repo(Format::Npm, false);
+        let Command::PublishPackage(mut p) = publish(
+            Format::Npm,
+            "1.0.0",
+            vec![file("tiny-1.0.0.tgz", 7)],
+            VersionBinding::Whole,
+        ) else {
+            unreachable!()
+        };
+        p.dist_tags.insert("next".into(), "9.9.9".into());
+        rejected_with(sm.apply(Command::PublishPackage(p)), ErrorCode::BadRequest);
+        let txn = sm.db.begin_read().unwrap();
+        assert!(crate::query::blob(&txn, &digest(7)).unwrap().is_none());
+    }
+
+    #[test]
+    fn metadata_that_could_not_be_decoded_from_the_log_is_refused_before_proposing() {
+        let Command::PublishPackage(mut p) = publish(
+            Format::Npm,
+            "1.0.0",
+            vec![file("tiny-1.0.0.tgz", 1)],
+            VersionBinding::Whole,
+        ) else {
+            unreachable!()
+        };
+        assert!(p.check_bounds().is_ok());
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        p.metadata = serde_json::json!({ "deep": deep });
+        assert!(p.check_bounds().unwrap_err().contains("deeper"));
+        p.metadata = serde_json::json!({ "description": "x".repeat(MAX_METADATA_BYTES) });
+        assert!(p.check_bounds().unwrap_err().contains("bytes"));
+        let long = update(
+            vec![PackageChange::Deprecate {
+                version: "1.0.0".into(),
+                message: Some("x".repeat(MAX_CHANGE_TEXT + 1)),
+            }],
+            None,
+        );
+        let Command::UpdatePackage(long) = long else {
+            unreachable!()
+        };
+        assert!(long.check_bounds().is_err());
     }
 
     #[test]

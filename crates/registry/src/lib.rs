@@ -93,11 +93,6 @@ pub struct Registry {
     replication: Option<Arc<Replicator>>,
 }
 
-/// The cluster version that introduced repositories with data residency.
-const RESIDENCY_CLUSTER_VERSION: u32 = 4;
-/// The cluster version that introduced npm, PyPI and Cargo repositories.
-const PACKAGES_CLUSTER_VERSION: u32 = 5;
-
 /// Default of `read.max_staleness` for `bounded` repositories.
 pub const DEFAULT_MAX_STALENESS: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -227,7 +222,25 @@ impl Registry {
     ///
     /// At most [`MAX_PROPOSALS_IN_FLIGHT`] proposals wait at once; beyond that the write is
     /// refused with TOOMANYREQUESTS (429 + Retry-After) instead of queueing without bound.
+    ///
+    /// A command kind newer than the cluster version this node applied is refused here
+    /// (UNSUPPORTED), never proposed: a member with an older binary could not decode it
+    /// (DESIGN.md §1.1).
     async fn propose(&self, ctx: &RequestCtx, step: &str, command: Command) -> Result<Outcome> {
+        let needed = command.since_version();
+        if needed > wharf_meta::versions::BASE_CLUSTER_VERSION {
+            let running = self.read(wharf_meta::versions::cluster_version)?;
+            if needed > running {
+                return Err(RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "{} needs cluster version {needed}; the cluster runs version {running} \
+                         until every member runs a wharf that supports it",
+                        command.kind()
+                    ),
+                ));
+            }
+        }
         let Ok(_slot) = self.proposals.clone().try_acquire_owned() else {
             return Err(RegistryError::new(
                 ErrorCode::TooManyRequests,
@@ -330,6 +343,23 @@ impl Registry {
             })
     }
 
+    /// The repository for a read through `format`'s API: NAME_UNKNOWN when it does not exist,
+    /// NOT_FOUND when it holds another format's content (its records mean nothing here).
+    pub async fn repo_for_read(&self, name: &RepoName, format: Format) -> Result<RepoRecord> {
+        let record = self.repo(name).await?;
+        if record.settings.format != format {
+            return Err(RegistryError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "repository {name} holds {} content, not {}",
+                    record.settings.format.as_str(),
+                    format.as_str()
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
     /// The repository for a write of `format`: created on first use when the node runs with
     /// `auto_create_repos` (`wharf dev`), else it must exist with that format.
     pub async fn repo_for_write(
@@ -393,9 +423,9 @@ impl Registry {
                 "allow_unpublish applies to npm repositories only",
             ));
         }
-        // A pinned repository is a cluster-version-4 command. Checked here, before proposing:
-        // once this node applied version 4, every member supports it (an older binary can no
-        // longer join), so no member can apply the command without its `regions`.
+        // A pinned repository (cluster version 4) and a package repository (5) are refused by
+        // `propose` until this node applied that version: every member supports it then (an
+        // older binary can no longer join), so no member applies them without their fields.
         if let Some(replication) = &self.replication {
             let known = replication.member_regions();
             if let Some(unknown) = settings.regions.iter().find(|r| !known.contains(*r)) {
@@ -404,33 +434,6 @@ impl Registry {
                     format!(
                         "no member of the cluster is in region {unknown:?} (members are in: {})",
                         known.into_iter().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-        }
-        if settings.format.is_package() || settings.allow_unpublish {
-            let running = self.read(wharf_meta::versions::cluster_version)?;
-            if running < PACKAGES_CLUSTER_VERSION {
-                return Err(RegistryError::new(
-                    ErrorCode::Unsupported,
-                    format!(
-                        "{} repositories need cluster version {PACKAGES_CLUSTER_VERSION}; the \
-                         cluster runs version {running} until every member runs a wharf that \
-                         supports it",
-                        settings.format.as_str()
-                    ),
-                ));
-            }
-        }
-        if !settings.regions.is_empty() {
-            let running = self.read(wharf_meta::versions::cluster_version)?;
-            if running < RESIDENCY_CLUSTER_VERSION {
-                return Err(RegistryError::new(
-                    ErrorCode::Unsupported,
-                    format!(
-                        "repositories with regions need cluster version {RESIDENCY_CLUSTER_VERSION}; \
-                         the cluster runs version {running} until every member runs a wharf \
-                         that supports it"
                     ),
                 ));
             }
@@ -670,6 +673,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&first[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_command_newer_than_the_cluster_version_is_never_proposed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
+        let blobs = FsBlobStore::open(&dir.path().join("blobs"), 1).unwrap();
+        let meta = Arc::new(StuckMeta {
+            db,
+            waiting: AtomicUsize::new(0),
+            _dir: dir,
+        });
+        let registry = Registry::new(meta.clone(), blobs, 1, false, Arc::new(|_| {}));
+        // A fresh state runs the base cluster version; package commands need version 5.
+        let update = wharf_meta::packages::PackageUpdate {
+            repo: RepoName::new("js").unwrap(),
+            format: wharf_types::Format::Npm,
+            package: "tiny".into(),
+            expected_revision: None,
+            changes: vec![wharf_meta::packages::PackageChange::DistTag {
+                tag: "next".into(),
+                version: Some("1.0.0".into()),
+            }],
+        };
+        let err = registry
+            .update_package(&RequestCtx::new("t"), update)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unsupported);
+        assert_eq!(
+            meta.waiting.load(Ordering::SeqCst),
+            0,
+            "nothing was proposed"
+        );
     }
 
     #[tokio::test]

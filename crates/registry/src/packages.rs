@@ -18,6 +18,9 @@ impl Registry {
         ctx: &RequestCtx,
         publish: PackagePublish,
     ) -> Result<Outcome> {
+        publish
+            .check_bounds()
+            .map_err(|m| crate::RegistryError::new(wharf_types::ErrorCode::BadRequest, m))?;
         self.propose(ctx, "publish-package", Command::PublishPackage(publish))
             .await
     }
@@ -25,6 +28,9 @@ impl Registry {
     /// Changes a package's dist-tags, deprecations, yanks or owners, or unpublishes versions,
     /// all or nothing.
     pub async fn update_package(&self, ctx: &RequestCtx, update: PackageUpdate) -> Result<Outcome> {
+        update
+            .check_bounds()
+            .map_err(|m| crate::RegistryError::new(wharf_types::ErrorCode::BadRequest, m))?;
         self.propose(ctx, "update-package", Command::UpdatePackage(update))
             .await
     }
@@ -58,8 +64,10 @@ impl Registry {
         self.read(|t| packages::package_with_versions(t, repo, key))
     }
 
-    /// One version, for a download. A live version is an immutable binding, answered from local
-    /// state (§1.5a); anything else runs the read barrier first.
+    /// One live version, for a download. A live version is an immutable binding, answered from
+    /// local state (§1.5a) — unless the repository lets versions be unpublished: then it is
+    /// mutable state, read as the repository's `consistency` asks. A miss always runs the
+    /// read barrier first.
     pub async fn package_version(
         &self,
         repo: &RepoName,
@@ -69,6 +77,12 @@ impl Registry {
         let read = |t: &redb::ReadTransaction| {
             Ok(packages::version(t, repo, key, version)?.filter(VersionRecord::is_live))
         };
+        let unpublishable = self.read(|t| {
+            Ok(wharf_meta::query::repo(t, repo)?.is_some_and(|r| r.settings.allow_unpublish))
+        })?;
+        if unpublishable {
+            return self.read_mutable(repo, read, Option::is_some).await;
+        }
         self.read_or_barrier(read).await
     }
 

@@ -7,13 +7,11 @@
 //! record: only `yanked` ever changes in an existing line.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
-use http::{HeaderMap, StatusCode, header};
-use sha2::{Digest as _, Sha256};
+use http::{HeaderMap, StatusCode};
+use wharf_http::document::Rendered;
 use wharf_registry::package_records::{PackageDocument, VersionRecord};
 use wharf_types::{ErrorCode, RepoName};
 
@@ -41,102 +39,6 @@ pub fn render_index_file(versions: &[(String, VersionRecord)]) -> Result<String,
 /// `config.json` for a repository whose API lives at `api` (absolute, no trailing slash).
 pub fn render_config(api: &str) -> String {
     serde_json::json!({ "dl": format!("{api}/api/v1/crates"), "api": api }).to_string()
-}
-
-/// A rendered document, with its gzip form made on first need.
-pub struct Rendered {
-    body: Bytes,
-    etag: String,
-    gzip: OnceLock<Option<Bytes>>,
-}
-
-impl Rendered {
-    /// A document and its strong `ETag` (the sha256 of the body).
-    pub fn new(body: impl Into<Bytes>) -> Rendered {
-        let body = body.into();
-        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&body)));
-        Rendered {
-            body,
-            etag,
-            gzip: OnceLock::new(),
-        }
-    }
-
-    fn gzip(&self) -> Option<&Bytes> {
-        self.gzip
-            .get_or_init(|| {
-                use std::io::Write;
-                let mut encoder =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                encoder.write_all(&self.body).ok()?;
-                encoder.finish().ok().map(Bytes::from)
-            })
-            .as_ref()
-    }
-
-    /// The response for a request with `headers`: 304 when `If-None-Match` names this
-    /// document, else the body (gzip'd if the client accepts it and it helps).
-    pub fn respond(&self, headers: &HeaderMap, content_type: &'static str, head: bool) -> Response {
-        // Each representation has its own strong tag; either one means "you have this document".
-        let gz_etag = format!("{}-gzip\"", self.etag.trim_end_matches('"'));
-        let builder = |status: StatusCode, etag: &str| {
-            Response::builder()
-                .status(status)
-                .header(header::CACHE_CONTROL, "no-cache")
-                .header(header::VARY, "Accept, Accept-Encoding")
-                .header(header::ETAG, etag)
-        };
-        // Weak comparison (RFC 9110 §13.1.2): `W/` prefixes are ignored.
-        let matches = headers
-            .get_all(header::IF_NONE_MATCH)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().trim_start_matches("W/"))
-            .any(|t| t == "*" || t == self.etag || t == gz_etag);
-        if matches {
-            return builder(StatusCode::NOT_MODIFIED, &self.etag)
-                .body(Body::empty())
-                .unwrap_or_default();
-        }
-        let gzip = accepts_gzip(headers).then(|| self.gzip()).flatten();
-        let (body, etag) = match gzip {
-            Some(gz) if gz.len() < self.body.len() => (gz.clone(), gz_etag.as_str()),
-            _ => (self.body.clone(), self.etag.as_str()),
-        };
-        let mut response = builder(StatusCode::OK, etag)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::CONTENT_LENGTH, body.len());
-        if etag != self.etag {
-            response = response.header(header::CONTENT_ENCODING, "gzip");
-        }
-        response
-            .body(if head {
-                Body::empty()
-            } else {
-                Body::from(body)
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// Whether `Accept-Encoding` allows gzip (present with a non-zero q).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let coding = parts.next().unwrap_or_default();
-            let q_zero = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
-        })
 }
 
 /// Rendered index files, keyed by (repository, crate key, package revision): a change of the
@@ -174,17 +76,10 @@ impl IndexCache {
 
 /// Refuses a repository of another format (404): its packages are not crates.
 pub async fn ensure_cargo_repo(state: &CargoState, repo: &RepoName) -> Result<(), CargoError> {
-    let record = state.registry.repo(repo).await?;
-    if record.settings.format != wharf_types::Format::Cargo {
-        return Err(CargoError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            format!(
-                "repository {repo} holds {} content, not crates",
-                record.settings.format.as_str()
-            ),
-        ));
-    }
+    state
+        .registry
+        .repo_for_read(repo, wharf_types::Format::Cargo)
+        .await?;
     Ok(())
 }
 
@@ -246,8 +141,6 @@ pub async fn file(
 mod tests {
     use std::collections::BTreeMap;
 
-    use http::HeaderValue;
-
     use super::*;
     use crate::publish::PublishMeta;
 
@@ -298,45 +191,5 @@ mod tests {
         assert_eq!(c["dl"], "http://h:1/cargo/r/api/v1/crates");
         assert_eq!(c["api"], "http://h:1/cargo/r");
         assert!(c.get("auth-required").is_none());
-    }
-
-    #[test]
-    fn documents_revalidate_and_compress() {
-        let doc = Rendered::new("x".repeat(1000));
-        let mut headers = HeaderMap::new();
-        let r = doc.respond(&headers, "text/plain", false);
-        assert_eq!(r.status(), StatusCode::OK);
-        let etag = r.headers()[header::ETAG].to_str().unwrap().to_string();
-        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-cache");
-        assert_eq!(r.headers()[header::VARY], "Accept, Accept-Encoding");
-        assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
-        headers.insert(header::IF_NONE_MATCH, etag.parse().unwrap());
-        assert_eq!(
-            doc.respond(&headers, "text/plain", false).status(),
-            StatusCode::NOT_MODIFIED
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("deflate, gzip"),
-        );
-        let r = doc.respond(&headers, "text/plain", false);
-        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
-        let gz_etag = r.headers()[header::ETAG].to_str().unwrap().to_string();
-        assert_ne!(gz_etag, etag, "each representation has its own strong tag");
-        headers.insert(header::IF_NONE_MATCH, gz_etag.parse().unwrap());
-        assert_eq!(
-            doc.respond(&headers, "text/plain", false).status(),
-            StatusCode::NOT_MODIFIED
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("gzip;q=0"),
-        );
-        let r = doc.respond(&headers, "text/plain", false);
-        assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
-        // a different document has another tag
-        assert_ne!(Rendered::new("y").etag, doc.etag);
     }
 }

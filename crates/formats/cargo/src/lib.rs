@@ -118,9 +118,7 @@ async fn dispatch(State(state): State<CargoState>, request: Request) -> Response
         let get = method == Method::GET || method == Method::HEAD;
         match endpoint {
             Endpoint::Config { repo } if get => {
-                let base = state
-                    .external
-                    .base(request.headers(), wharf_http::peer_addr(&request));
+                let base = state.external.base_of(&request);
                 index::config(&state, &repo, &base, request.headers(), head).await
             }
             Endpoint::IndexFile { repo, name } if get => {

@@ -58,9 +58,7 @@ async fn dispatch(State(state): State<GenericState>, request: Request) -> Respon
     let result = async {
         match (endpoint, method) {
             (Endpoint::File { repo, path }, Method::PUT) => {
-                let base = state
-                    .external
-                    .base(request.headers(), wharf_http::peer_addr(&request));
+                let base = state.external.base_of(&request);
                 files::put(&state, &ctx, &repo, &path, &base, request).await
             }
             (Endpoint::File { repo, path }, m @ (Method::GET | Method::HEAD)) => {

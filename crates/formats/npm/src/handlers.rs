@@ -21,7 +21,9 @@ use wharf_types::{ErrorCode, Format, RepoName};
 use crate::packument::{self, Representation};
 use crate::publish::{self, check_publish, has_attachments, metadata_changes, revision_of};
 use crate::route::{tarball_name, version_of_tarball};
-use crate::{DocumentKey, NpmError, NpmState, Rendered};
+use wharf_http::document::Rendered;
+
+use crate::{DocumentKey, NpmError, NpmState};
 
 type HandlerResult = Result<Response, NpmError>;
 
@@ -71,9 +73,19 @@ impl Handler<'_> {
         NpmError::not_found(format!("{name} is not in {}", self.repo))
     }
 
+    /// Reads go only to npm repositories: another format's records mean nothing here.
+    async fn ensure_npm_repo(&self) -> Result<(), NpmError> {
+        self.state
+            .registry
+            .repo_for_read(self.repo, Format::Npm)
+            .await?;
+        Ok(())
+    }
+
     /// `GET /<name>`: the packument the `Accept` header asks for.
     pub async fn packument(&self, name: &str, headers: &HeaderMap, head: bool) -> HandlerResult {
         let representation = Representation::from_accept(header_str(headers, header::ACCEPT));
+        self.ensure_npm_repo().await?;
         // The record alone tells the revision; the versions are read only to render.
         let Some(record) = self.state.registry.package_record(self.repo, name).await? else {
             return Err(self.not_found(name));
@@ -103,35 +115,36 @@ impl Handler<'_> {
                     |file| self.tarball_url(name, file),
                 )
                 .ok_or_else(|| self.not_found(name))?;
-                let rendered = Arc::new(render_bytes(&doc));
+                let rendered = Arc::new(Rendered::new(doc.to_string()));
                 self.state
                     .documents
                     .insert(key(package.revision), rendered.clone());
                 rendered
             }
         };
-        Ok(document_response(
-            &rendered,
-            representation.content_type(),
-            headers,
-            head,
-        ))
+        Ok(rendered.respond(headers, representation.content_type(), head))
     }
 
     /// `GET /<name>/<version or dist-tag>`: one version's full document.
     pub async fn version(&self, name: &str, spec: &str) -> HandlerResult {
-        let Some((package, versions)) = self.state.registry.package(self.repo, name).await? else {
+        self.ensure_npm_repo().await?;
+        let Some(package) = self.state.registry.package_record(self.repo, name).await? else {
             return Err(self.not_found(name));
         };
         let wanted = package.dist_tags.get(spec).map_or(spec, String::as_str);
-        let record = versions
-            .iter()
-            .map(|(_, v)| v)
-            .find(|v| v.is_live() && v.version == wanted)
+        // A version this node has not seen yet runs the read barrier: never a false 404.
+        let record = self
+            .state
+            .registry
+            .package_version(self.repo, name, wanted)
+            .await?
             .ok_or_else(|| NpmError::not_found(format!("{name}@{spec} is not in {}", self.repo)))?;
         let file = record.files.keys().next().cloned().unwrap_or_default();
-        let doc =
-            packument::version_doc(record, &self.tarball_url(name, &file), Representation::Full);
+        let doc = packument::version_doc(
+            &record,
+            &self.tarball_url(name, &file),
+            Representation::Full,
+        );
         Ok(json(StatusCode::OK, &doc))
     }
 
@@ -158,6 +171,16 @@ impl Handler<'_> {
     }
 
     async fn publish(&self, name: &str, doc: Value) -> HandlerResult {
+        // Each publish holds its body, the decoded tarball and the metadata in memory.
+        let Ok(_slot) = self.state.publishes.clone().try_acquire_owned() else {
+            return Err(NpmError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "more than {} publishes are being checked on this node; retry shortly",
+                    crate::PUBLISHES_IN_FLIGHT
+                ),
+            ));
+        };
         let record = self
             .state
             .registry
@@ -168,6 +191,25 @@ impl Handler<'_> {
         let checked = tokio_blocking(move || check_publish(&owned_name, &doc))
             .await?
             .map_err(NpmError::bad_request)?;
+        // A version already bound to other bytes is refused before anything is stored (apply
+        // decides again, for a publish racing this one).
+        let digest =
+            wharf_types::Digest::from_sha256_bytes(&Sha256::digest(&checked.tarball).into());
+        if let Some(existing) = self
+            .state
+            .registry
+            .package_version(self.repo, name, &checked.version)
+            .await?
+            && existing.files.get(&checked.filename).map(|f| &f.digest) != Some(&digest)
+        {
+            return Err(NpmError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "You cannot publish over the previously published versions: {}.",
+                    checked.version
+                ),
+            ));
+        }
         let stored = self
             .state
             .registry
@@ -233,6 +275,7 @@ impl Handler<'_> {
         ),
         NpmError,
     > {
+        self.ensure_npm_repo().await?;
         let Some((package, versions)) = self.state.registry.package(self.repo, name).await? else {
             return Err(self.not_found(name));
         };
@@ -243,11 +286,11 @@ impl Handler<'_> {
     async fn change_metadata(&self, name: &str, doc: Value, rev: Option<String>) -> HandlerResult {
         let (package, live) = self.live(name).await?;
         let rev = rev.or_else(|| doc.get("_rev").and_then(Value::as_str).map(str::to_string));
-        let mut changes =
-            metadata_changes(&doc, &live, &package.dist_tags).map_err(NpmError::bad_request)?;
+        let expected = rev.as_deref().and_then(revision_of);
+        let mut changes = metadata_changes(&doc, &live, &package.dist_tags, expected.is_some())
+            .map_err(NpmError::bad_request)?;
         keep_a_latest(&mut changes, &live, &package.dist_tags);
-        self.update(name, rev.as_deref().and_then(revision_of), changes)
-            .await
+        self.update(name, expected, changes).await
     }
 
     async fn update(
@@ -311,6 +354,7 @@ impl Handler<'_> {
         headers: &HeaderMap,
         head: bool,
     ) -> HandlerResult {
+        self.ensure_npm_repo().await?;
         let missing = || NpmError::not_found(format!("{file} of {name} is not in {}", self.repo));
         let version = version_of_tarball(name, file).ok_or_else(missing)?;
         let record = self
@@ -459,66 +503,7 @@ async fn tokio_blocking<T: Send + 'static>(
     })
 }
 
-/// Serializes a document with its gzipped form and strong `ETag`.
-fn render_bytes(doc: &Value) -> Rendered {
-    let body = Bytes::from(doc.to_string());
-    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let gzipped = std::io::Write::write_all(&mut gz, &body)
-        .and_then(|()| gz.finish())
-        .map(Bytes::from)
-        .unwrap_or_default();
-    Rendered {
-        body,
-        gzipped,
-        etag,
-    }
-}
-
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     header_str(headers, header::IF_NONE_MATCH)
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-}
-
-/// An index document: `Cache-Control: no-cache`, strong `ETag`, 304 on `If-None-Match`, gzip
-/// when accepted.
-fn document_response(
-    rendered: &Rendered,
-    content_type: &str,
-    headers: &HeaderMap,
-    head: bool,
-) -> Response {
-    let builder = Response::builder()
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header(header::ETAG, &rendered.etag)
-        .header(header::VARY, "Accept, Accept-Encoding");
-    if if_none_match(headers, &rendered.etag) {
-        return builder
-            .status(StatusCode::NOT_MODIFIED)
-            .body(Body::empty())
-            .unwrap_or_default();
-    }
-    let gzip = !rendered.gzipped.is_empty()
-        && header_str(headers, header::ACCEPT_ENCODING).is_some_and(|v| {
-            v.split(',')
-                .any(|e| e.split(';').next().map(str::trim) == Some("gzip"))
-        });
-    let (body, builder) = if gzip {
-        (
-            rendered.gzipped.clone(),
-            builder.header(header::CONTENT_ENCODING, "gzip"),
-        )
-    } else {
-        (rendered.body.clone(), builder)
-    };
-    builder
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::CONTENT_LENGTH, body.len())
-        .body(if head {
-            Body::empty()
-        } else {
-            Body::from(body)
-        })
-        .unwrap_or_default()
 }

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use bytes::Bytes;
 use http::{Method, StatusCode};
 use tracing::Instrument;
+use wharf_http::document::Rendered;
 use wharf_registry::{Registry, RequestCtx};
 
 pub use error::NpmError;
@@ -29,6 +29,8 @@ use route::{Endpoint, RouteError};
 
 /// How many rendered packuments a node keeps.
 const CACHED_DOCUMENTS: usize = 512;
+/// How many publishes one node checks at once (each holds its body in memory); 429 beyond.
+pub const PUBLISHES_IN_FLIGHT: usize = 8;
 
 /// State the npm handlers share.
 #[derive(Clone)]
@@ -39,6 +41,7 @@ pub struct NpmState {
     /// Largest publish body (`http.max_npm_publish_bytes`).
     pub max_publish_bytes: u64,
     pub documents: Arc<DocumentCache>,
+    pub publishes: Arc<tokio::sync::Semaphore>,
 }
 
 impl NpmState {
@@ -52,16 +55,9 @@ impl NpmState {
             external,
             max_publish_bytes,
             documents: Arc::default(),
+            publishes: Arc::new(tokio::sync::Semaphore::new(PUBLISHES_IN_FLIGHT)),
         }
     }
-}
-
-/// A rendered packument: its body, its gzipped body and its strong `ETag`.
-#[derive(Debug)]
-pub struct Rendered {
-    pub body: Bytes,
-    pub gzipped: Bytes,
-    pub etag: String,
 }
 
 /// What a rendered packument depends on: a package's revision grows with every change, so a
@@ -114,9 +110,7 @@ async fn dispatch(State(state): State<NpmState>, request: Request) -> Response {
     let method = request.method().clone();
     let span = tracing::info_span!("npm", method = %method, repo = %repo);
     async move {
-        let base = state
-            .external
-            .base(request.headers(), wharf_http::peer_addr(&request));
+        let base = state.external.base_of(&request);
         let h = handlers::Handler {
             state: &state,
             ctx: &ctx,

@@ -261,29 +261,53 @@ fn check_tarball(name: &str, version: &str, tarball: &[u8]) -> Result<(), String
 }
 
 /// What a metadata `PUT` (no tarball) changes, comparing the sent document with the stored
-/// versions (by version) and dist-tags. Versions missing from the document are unpublished
-/// (refused unless the repository allows it); a version the store lacks cannot be added
-/// without its tarball. Only `dist-tags` and each version's `deprecated` are read: the rest of
-/// a published version never changes.
+/// versions (by version) and dist-tags. Only `versions` (each one's `deprecated`, and which
+/// are left) and `dist-tags` are read; a field that is absent changes nothing (`npm star` and
+/// `npm owner` send neither), and the rest of a published version never changes. Versions
+/// missing from a sent `versions` are unpublished — only by a write that names the revision it
+/// read (`unpublish_allowed`), and refused by the repository unless it allows unpublishing; a
+/// version the store lacks cannot be added without its tarball.
 pub fn metadata_changes(
     doc: &Value,
     live: &BTreeMap<String, VersionRecord>,
     tags: &BTreeMap<String, String>,
+    unpublish_allowed: bool,
 ) -> Result<Vec<PackageChange>, String> {
-    let empty = Map::new();
-    let sent = doc
-        .get("versions")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
+    let mut changes = Vec::new();
+    let mut leaving = Vec::new();
+    if let Some(sent) = doc.get("versions") {
+        let sent = sent.as_object().ok_or("\"versions\" must be an object")?;
+        version_changes(sent, live, unpublish_allowed, &mut changes, &mut leaving)?;
+    }
+    if let Some(sent_tags) = doc.get("dist-tags") {
+        let sent_tags = sent_tags
+            .as_object()
+            .ok_or("\"dist-tags\" must be an object")?;
+        tag_changes(sent_tags, tags, &leaving, &mut changes)?;
+    }
+    Ok(changes)
+}
+
+fn version_changes(
+    sent: &Map<String, Value>,
+    live: &BTreeMap<String, VersionRecord>,
+    unpublish_allowed: bool,
+    changes: &mut Vec<PackageChange>,
+    leaving: &mut Vec<String>,
+) -> Result<(), String> {
     if let Some(unknown) = sent.keys().find(|v| !live.contains_key(*v)) {
         return Err(format!(
             "version {unknown} is not published; publish it with its tarball (npm publish)"
         ));
     }
-    let mut changes = Vec::new();
-    let mut leaving = Vec::new();
     for (version, record) in live {
         let Some(sent_version) = sent.get(version) else {
+            if !unpublish_allowed {
+                return Err(format!(
+                    "the document lacks version {version}: unpublishing takes a write that names \
+                     the revision it read (npm unpublish)"
+                ));
+            }
             leaving.push(version.clone());
             changes.push(PackageChange::Unpublish {
                 version: version.clone(),
@@ -302,15 +326,19 @@ pub fn metadata_changes(
             });
         }
     }
-    let sent_tags: BTreeMap<String, String> = doc
-        .get("dist-tags")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
+    Ok(())
+}
+
+fn tag_changes(
+    sent: &Map<String, Value>,
+    tags: &BTreeMap<String, String>,
+    leaving: &[String],
+    changes: &mut Vec<PackageChange>,
+) -> Result<(), String> {
+    let sent_tags: BTreeMap<String, String> = sent
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
     for (tag, target) in &sent_tags {
         if tags.get(tag) != Some(target) {
             check_tag(tag)?;
@@ -329,7 +357,7 @@ pub fn metadata_changes(
             });
         }
     }
-    Ok(changes)
+    Ok(())
 }
 
 /// The revision number in an npm `_rev` (`"<n>-<hash>"`).
@@ -455,7 +483,7 @@ mod tests {
         let doc = serde_json::json!({ "dist-tags": { "latest": "1.1.0" }, "versions": {
             "1.0.0": { "deprecated": "use 1.1" }, "1.1.0": { "deprecated": "old" } } });
         assert_eq!(
-            metadata_changes(&doc, &live, &tags).unwrap(),
+            metadata_changes(&doc, &live, &tags, false).unwrap(),
             vec![PackageChange::Deprecate {
                 version: "1.0.0".into(),
                 message: Some("use 1.1".into())
@@ -464,8 +492,12 @@ mod tests {
         // npm unpublish 1.1.0: the version leaves, latest moves to 1.0.0.
         let doc =
             serde_json::json!({ "dist-tags": { "latest": "1.0.0" }, "versions": { "1.0.0": {} } });
+        assert!(
+            metadata_changes(&doc, &live, &tags, false).is_err(),
+            "no unpublish without a revision"
+        );
         assert_eq!(
-            metadata_changes(&doc, &live, &tags).unwrap(),
+            metadata_changes(&doc, &live, &tags, true).unwrap(),
             vec![
                 PackageChange::Unpublish {
                     version: "1.1.0".into()
@@ -477,6 +509,9 @@ mod tests {
             ]
         );
         let doc = serde_json::json!({ "versions": { "9.0.0": {} } });
-        assert!(metadata_changes(&doc, &live, &tags).is_err());
+        assert!(metadata_changes(&doc, &live, &tags, true).is_err());
+        // npm star / npm owner: neither versions nor dist-tags, nothing changes.
+        let doc = serde_json::json!({ "_id": "x", "_rev": "3-a", "users": { "bob": true } });
+        assert_eq!(metadata_changes(&doc, &live, &tags, true).unwrap(), vec![]);
     }
 }
