@@ -332,8 +332,13 @@ fn routes(
     );
     let generic = wharf_generic::router(wharf_generic::GenericState {
         registry: registry.clone(),
-        external,
+        external: external.clone(),
     });
+    let pypi = wharf_pypi::router(wharf_pypi::PypiState::new(
+        registry.clone(),
+        external,
+        config.http.max_pypi_upload_bytes,
+    ));
     let admin = admin::router(admin::AdminState {
         registry,
         max_body: config.http.max_admin_body_bytes,
@@ -354,6 +359,7 @@ fn routes(
     Router::new()
         .merge(oci)
         .merge(generic)
+        .merge(pypi)
         .merge(admin)
         .merge(cluster_api)
         .merge(health)

@@ -16,6 +16,7 @@ mod partition;
 mod podman;
 mod power_loss;
 mod protocol;
+mod pypi;
 mod replication;
 mod skopeo;
 mod storage;
