@@ -425,6 +425,28 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
     let as_refs = |f: &[(&'static str, String)]| -> Vec<(&'static str, String)> { f.to_vec() };
     let good = wheel_bytes("tiny", "1.0", "tiny");
     let filename = "tiny-1.0-py3-none-any.whl";
+
+    tracing::info!("--- a first upload of another project creates the repository");
+    // Right after a start the cluster may still be below version 5 (package commands): retry.
+    let warmup = wheel_bytes("warmup", "1.0", "warmup");
+    let started = std::time::Instant::now();
+    loop {
+        let resp = post_upload(
+            &server,
+            &[(":action", "file_upload"), ("name", "warmup"), ("version", "1.0")],
+            "warmup-1.0-py3-none-any.whl",
+            &warmup,
+        );
+        let unsupported = resp
+            .headers()
+            .get("x-wharf-error-code")
+            .is_some_and(|c| c == "UNSUPPORTED");
+        if !unsupported || started.elapsed() > std::time::Duration::from_secs(30) {
+            expect_status(resp, 200, "first upload");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let cases: Vec<(&str, Vec<(&str, String)>, &str, Vec<u8>, u16, &str)> = vec![
         (
             "corrupt wheel",
