@@ -40,14 +40,22 @@ pub async fn run(args: PypiArgs) -> anyhow::Result<()> {
             project,
             version,
             reason,
-        } => (repo, project, version, "yank", serde_json::json!({ "reason": reason })),
+        } => (
+            repo,
+            project,
+            version,
+            "yank",
+            serde_json::json!({ "reason": reason }),
+        ),
         PypiCommand::Unyank {
             repo,
             project,
             version,
         } => (repo, project, version, "unyank", serde_json::json!({})),
     };
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
     let url = format!(
         "{base}/api/v1/repos/{}/pypi/{}/{}/{action}",
         enc(&repo),
@@ -58,7 +66,11 @@ pub async fn run(args: PypiArgs) -> anyhow::Result<()> {
     if args.client.json {
         println!("{value}");
     } else {
-        let verb = if action == "yank" { "yanked" } else { "unyanked" };
+        let verb = if action == "yank" {
+            "yanked"
+        } else {
+            "unyanked"
+        };
         let note = if value["changed"].as_bool() == Some(false) {
             " (no change)"
         } else {

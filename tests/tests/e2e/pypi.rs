@@ -56,7 +56,10 @@ fn build_project(
     data: &[u8],
 ) -> PathBuf {
     let module = name.replace('-', "_");
-    let dir = env.join(&format!("src-{name}-{version}-{}", wharf_tests::random_hex(3)));
+    let dir = env.join(&format!(
+        "src-{name}-{version}-{}",
+        wharf_tests::random_hex(3)
+    ));
     std::fs::create_dir_all(dir.join(&module)).unwrap();
     let deps: Vec<String> = deps.iter().map(|d| format!("\"{d}\"")).collect();
     std::fs::write(
@@ -91,7 +94,12 @@ fn dist_files(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 2, "expected an sdist and a wheel in {}: {files:?}", dir.display());
+    assert_eq!(
+        files.len(),
+        2,
+        "expected an sdist and a wheel in {}: {files:?}",
+        dir.display()
+    );
     files
 }
 
@@ -113,21 +121,34 @@ fn index_url(server: &Wharf) -> String {
 
 fn twine_upload(env: &ClientEnv, server: &Wharf, files: &[PathBuf]) -> Command {
     let mut cmd = py(env, "twine");
-    cmd.args(["upload", "--non-interactive", "--disable-progress-bar", "--repository-url"])
-        .arg(upload_url(server))
-        .args(["-u", "user", "-p", "secret"])
-        .args(files);
+    cmd.args([
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+    ])
+    .arg(upload_url(server))
+    .args(["-u", "user", "-p", "secret"])
+    .args(files);
     cmd
 }
 
 fn project_json(server: &Wharf, project: &str) -> serde_json::Value {
     let url = format!("{}/pypi/{REPO}/simple/{project}/", server.url());
     let resp = expect_status(
-        http_client().get(&url).header("Accept", PIP_ACCEPT).send().unwrap(),
+        http_client()
+            .get(&url)
+            .header("Accept", PIP_ACCEPT)
+            .send()
+            .unwrap(),
         200,
         &format!("GET {url}"),
     );
-    assert_eq!(resp.headers()["content-type"], JSON, "Content-Type of {url}");
+    assert_eq!(
+        resp.headers()["content-type"],
+        JSON,
+        "Content-Type of {url}"
+    );
     resp.json().unwrap()
 }
 
@@ -177,7 +198,10 @@ fn twine_and_uv_publish_then_pip_and_uv_install() {
     assert_eq!(wheel["size"], wheel_bytes.len());
     assert_eq!(wheel["requires-python"], ">=3.8");
     assert_eq!(wheel["yanked"], false);
-    let metadata_sha = wheel["core-metadata"]["sha256"].as_str().unwrap().to_string();
+    let metadata_sha = wheel["core-metadata"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(wheel["dist-info-metadata"]["sha256"], metadata_sha.as_str());
 
     let page_url = format!("{}/pypi/{REPO}/simple/wharf-big/", server.url());
@@ -197,11 +221,22 @@ fn twine_and_uv_publish_then_pip_and_uv_install() {
     assert!(String::from_utf8_lossy(&metadata).contains("Name: wharf-big"));
 
     tracing::info!("--- the file: HEAD, Accept-Ranges, 206");
-    let head = expect_status(client.head(wheel_url.clone()).send().unwrap(), 200, "HEAD wheel");
+    let head = expect_status(
+        client.head(wheel_url.clone()).send().unwrap(),
+        200,
+        "HEAD wheel",
+    );
     assert_eq!(head.headers()["accept-ranges"], "bytes");
-    assert_eq!(head.headers()["content-length"], wheel_bytes.len().to_string().as_str());
+    assert_eq!(
+        head.headers()["content-length"],
+        wheel_bytes.len().to_string().as_str()
+    );
     let part = expect_status(
-        client.get(wheel_url.clone()).header("Range", "bytes=100-1123").send().unwrap(),
+        client
+            .get(wheel_url.clone())
+            .header("Range", "bytes=100-1123")
+            .send()
+            .unwrap(),
         206,
         "GET wheel Range",
     );
@@ -210,7 +245,11 @@ fn twine_and_uv_publish_then_pip_and_uv_install() {
 
     tracing::info!("--- the HTML page, ETag, 304, gzip, Vary");
     let html = expect_status(
-        client.get(&page_url).header("Accept", "text/html").send().unwrap(),
+        client
+            .get(&page_url)
+            .header("Accept", "text/html")
+            .send()
+            .unwrap(),
         200,
         "GET html page",
     );
@@ -220,7 +259,10 @@ fn twine_and_uv_publish_then_pip_and_uv_install() {
     let etag = html.headers()["etag"].to_str().unwrap().to_string();
     let body = html.text().unwrap();
     assert!(body.contains("data-requires-python=\"&gt;=3.8\""), "{body}");
-    assert!(body.contains(&format!("data-core-metadata=\"sha256={metadata_sha}\"")), "{body}");
+    assert!(
+        body.contains(&format!("data-core-metadata=\"sha256={metadata_sha}\"")),
+        "{body}"
+    );
     expect_status(
         client
             .get(&page_url)
@@ -304,12 +346,15 @@ fn twine_and_uv_publish_then_pip_and_uv_install() {
         &["wharf-big>=1.0"],
         b"other bytes",
     ));
-    let out = wharf_tests::run_status(&mut twine_upload(
-        &env,
-        &server,
-        &[file_named(&rebuilt, ".whl")],
-    ), None);
-    assert!(!out.status.success(), "a changed re-upload was accepted\n{}", out.describe());
+    let out = wharf_tests::run_status(
+        &mut twine_upload(&env, &server, &[file_named(&rebuilt, ".whl")]),
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "a changed re-upload was accepted\n{}",
+        out.describe()
+    );
     let printed = format!("{}{}", out.stdout, out.stderr);
     assert!(printed.contains("409"), "{}", out.describe());
     assert!(
@@ -320,7 +365,15 @@ fn twine_and_uv_publish_then_pip_and_uv_install() {
 
     tracing::info!("--- wharf pypi yank: the release is marked, its files stay downloadable");
     let mut yank = server.cli();
-    yank.args(["pypi", "yank", REPO, "Wharf.Small", "0.1.0", "--reason", "broken build"]);
+    yank.args([
+        "pypi",
+        "yank",
+        REPO,
+        "Wharf.Small",
+        "0.1.0",
+        "--reason",
+        "broken build",
+    ]);
     run(&mut yank);
     let page = project_json(&server, "wharf-small");
     for file in page["files"].as_array().unwrap() {
@@ -354,13 +407,24 @@ fn twine_and_uv_publish_then_pip_and_uv_install() {
     assert_eq!(page["files"][0]["yanked"], false, "{page}");
 }
 
+/// (what, form fields, filename, content, expected status, text the body must contain)
+type BadCase = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 /// A minimal wheel for `name` `version` whose METADATA says `meta_name`.
 fn wheel_bytes(name: &str, version: &str, meta_name: &str) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
     let module = name.replace('-', "_");
-    zip.start_file(format!("{module}/__init__.py"), options).unwrap();
+    zip.start_file(format!("{module}/__init__.py"), options)
+        .unwrap();
     zip.write_all(b"x = 1\n").unwrap();
     zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options)
         .unwrap();
@@ -433,7 +497,11 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
     loop {
         let resp = post_upload(
             &server,
-            &[(":action", "file_upload"), ("name", "warmup"), ("version", "1.0")],
+            &[
+                (":action", "file_upload"),
+                ("name", "warmup"),
+                ("version", "1.0"),
+            ],
             "warmup-1.0-py3-none-any.whl",
             &warmup,
         );
@@ -447,7 +515,7 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "corrupt wheel",
             as_refs(&fields(&sha256_hex(b"garbage"))),
@@ -515,7 +583,10 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
         let resp = post_upload(&server, &refs, filename, &content);
         let resp = expect_status(resp, status, what);
         assert!(
-            resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"),
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"),
             "{what}: content type"
         );
         let body = resp.text().unwrap();
@@ -532,7 +603,11 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
     let f = fields(&sha);
     let refs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
     expect_status(post_upload(&server, &refs, filename, &good), 200, "upload");
-    expect_status(post_upload(&server, &refs, filename, &good), 200, "same upload again");
+    expect_status(
+        post_upload(&server, &refs, filename, &good),
+        200,
+        "same upload again",
+    );
     let changed = changed_wheel();
     assert_ne!(changed, good);
     let f = fields(&sha256_hex(&changed));
@@ -543,11 +618,17 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
         "other bytes under the same filename",
     );
     let body = conflict.text().unwrap();
-    assert!(body.contains(&format!("File already exists ('{filename}')")), "{body}");
+    assert!(
+        body.contains(&format!("File already exists ('{filename}')")),
+        "{body}"
+    );
 
     tracing::info!("--- an upload over the limit → 413 with the message as reason phrase");
     let (status_line, body) = raw_oversized_post(&server);
-    assert!(status_line.starts_with("HTTP/1.1 413 File too large"), "{status_line}");
+    assert!(
+        status_line.starts_with("HTTP/1.1 413 File too large"),
+        "{status_line}"
+    );
     assert!(body.contains("File too large"), "{body}");
 }
 
@@ -557,7 +638,8 @@ fn changed_wheel() -> Vec<u8> {
     let options = zip::write::SimpleFileOptions::default();
     zip.start_file("tiny/__init__.py", options).unwrap();
     zip.write_all(b"x = 2\n").unwrap();
-    zip.start_file("tiny-1.0.dist-info/METADATA", options).unwrap();
+    zip.start_file("tiny-1.0.dist-info/METADATA", options)
+        .unwrap();
     zip.write_all(b"Metadata-Version: 2.1\nName: tiny\nVersion: 1.0\n")
         .unwrap();
     zip.finish().unwrap().into_inner()

@@ -31,13 +31,15 @@ pub async fn yank(
     yanked: bool,
     body: Body,
 ) -> Result<Response, PypiError> {
-    let bytes = wharf_http::read_limited(body, MAX_BODY).await.map_err(|_| {
-        PypiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::SizeInvalid,
-            format!("the body is larger than {MAX_BODY} bytes"),
-        )
-    })?;
+    let bytes = wharf_http::read_limited(body, MAX_BODY)
+        .await
+        .map_err(|_| {
+            PypiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::SizeInvalid,
+                format!("the body is larger than {MAX_BODY} bytes"),
+            )
+        })?;
     let reason = if bytes.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

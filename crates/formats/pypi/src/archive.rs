@@ -188,7 +188,10 @@ pub(crate) mod tests {
     fn an_sdist_gives_its_pkg_info_and_a_corrupt_one_is_refused() {
         let good = sdist(&[
             ("tiny_pkg-0.1.0/PKG-INFO", METADATA),
-            ("tiny_pkg-0.1.0/tiny_pkg.egg-info/PKG-INFO", b"Name: wrong\n"),
+            (
+                "tiny_pkg-0.1.0/tiny_pkg.egg-info/PKG-INFO",
+                b"Name: wrong\n",
+            ),
             ("tiny_pkg-0.1.0/setup.py", b"pass\n".repeat(500).as_slice()),
         ]);
         let got = core_metadata(Cursor::new(&good), DistKind::Sdist, "tiny_pkg").unwrap();

@@ -58,11 +58,13 @@ fn etag(bytes: &[u8]) -> String {
 }
 
 type Key = (String, String, u64, Representation);
+/// The documents and their insertion order (oldest first).
+type Entries = (HashMap<Key, Arc<Rendered>>, VecDeque<Key>);
 
 /// A bounded map of rendered project pages; the oldest entry goes first.
 #[derive(Default)]
 pub struct DocumentCache {
-    inner: Mutex<(HashMap<Key, Arc<Rendered>>, VecDeque<Key>)>,
+    inner: Mutex<Entries>,
 }
 
 impl DocumentCache {
@@ -182,9 +184,16 @@ mod tests {
         assert_eq!(plain.headers()[header::VARY], "Accept, Accept-Encoding");
         assert_eq!(plain.headers()[header::CACHE_CONTROL], "no-cache");
         assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
-        let gz = respond(&doc, &headers(&[("accept-encoding", "br, gzip;q=0.5")]), false);
+        let gz = respond(
+            &doc,
+            &headers(&[("accept-encoding", "br, gzip;q=0.5")]),
+            false,
+        );
         assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
-        assert_ne!(doc.etag, doc.gzip_etag, "each encoding has its own strong tag");
+        assert_ne!(
+            doc.etag, doc.gzip_etag,
+            "each encoding has its own strong tag"
+        );
         let refused = respond(&doc, &headers(&[("accept-encoding", "gzip;q=0")]), false);
         assert!(refused.headers().get(header::CONTENT_ENCODING).is_none());
         let cached = respond(&doc, &headers(&[("if-none-match", &doc.etag)]), false);
@@ -198,10 +207,26 @@ mod tests {
         let cache = DocumentCache::default();
         let doc = Arc::new(Rendered::new(Representation::Html, "x".into()));
         for i in 0..(CACHE_ENTRIES as u64 + 10) {
-            cache.insert(("r".into(), "p".into(), i, Representation::Html), doc.clone());
+            cache.insert(
+                ("r".into(), "p".into(), i, Representation::Html),
+                doc.clone(),
+            );
         }
         assert_eq!(cache.len(), CACHE_ENTRIES);
-        assert!(cache.get(&("r".into(), "p".into(), 0, Representation::Html)).is_none());
-        assert!(cache.get(&("r".into(), "p".into(), CACHE_ENTRIES as u64 + 9, Representation::Html)).is_some());
+        assert!(
+            cache
+                .get(&("r".into(), "p".into(), 0, Representation::Html))
+                .is_none()
+        );
+        assert!(
+            cache
+                .get(&(
+                    "r".into(),
+                    "p".into(),
+                    CACHE_ENTRIES as u64 + 9,
+                    Representation::Html
+                ))
+                .is_some()
+        );
     }
 }

@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn reason_phrases_are_always_valid() {
-        assert_eq!(reason_phrase("File already exists ('a.whl')"), b"File already exists ('a.whl')");
+        assert_eq!(
+            reason_phrase("File already exists ('a.whl')"),
+            b"File already exists ('a.whl')"
+        );
         assert_eq!(reason_phrase("a\r\nb\u{e9}"), b"a  b ");
         assert_eq!(reason_phrase(&"x".repeat(500)).len(), 200);
     }

@@ -48,6 +48,9 @@ mod tests {
             core_metadata_sha256: "ab".repeat(32),
         };
         assert_eq!(FileFacts::from_value(&facts.to_value()), facts);
-        assert_eq!(FileFacts::from_value(&serde_json::Value::Null), FileFacts::default());
+        assert_eq!(
+            FileFacts::from_value(&serde_json::Value::Null),
+            FileFacts::default()
+        );
     }
 }

@@ -51,17 +51,16 @@ pub fn negotiate(accept: Option<&str>) -> Option<Representation> {
                 q = v.trim().parse().unwrap_or(0.0);
             }
         }
-        let found: &[(u8, Representation)] = match media.as_str() {
-            "application/vnd.pypi.simple.v1+json" | "application/vnd.pypi.simple.latest+json" => {
-                &[(0, Representation::Json)]
-            }
-            "application/vnd.pypi.simple.v1+html" | "application/vnd.pypi.simple.latest+html" => {
-                &[(1, Representation::Html)]
-            }
-            "text/html" | "text/*" => &[(2, Representation::LegacyHtml)],
-            "*/*" => &[(3, Representation::LegacyHtml)],
-            _ => &[],
-        };
+        let found: &[(u8, Representation)] =
+            match media.as_str() {
+                "application/vnd.pypi.simple.v1+json"
+                | "application/vnd.pypi.simple.latest+json" => &[(0, Representation::Json)],
+                "application/vnd.pypi.simple.v1+html"
+                | "application/vnd.pypi.simple.latest+html" => &[(1, Representation::Html)],
+                "text/html" | "text/*" => &[(2, Representation::LegacyHtml)],
+                "*/*" => &[(3, Representation::LegacyHtml)],
+                _ => &[],
+            };
         for &(rank, rep) in found {
             if q <= 0.0 {
                 continue;
@@ -250,9 +249,14 @@ mod tests {
         assert_eq!(negotiate(Some(PIP)), Some(Representation::Json));
         assert_eq!(negotiate(None), Some(Representation::LegacyHtml));
         assert_eq!(negotiate(Some("*/*")), Some(Representation::LegacyHtml));
-        assert_eq!(negotiate(Some("text/html")), Some(Representation::LegacyHtml));
         assert_eq!(
-            negotiate(Some("application/vnd.pypi.simple.v1+html, application/vnd.pypi.simple.v1+json;q=0.5")),
+            negotiate(Some("text/html")),
+            Some(Representation::LegacyHtml)
+        );
+        assert_eq!(
+            negotiate(Some(
+                "application/vnd.pypi.simple.v1+html, application/vnd.pypi.simple.v1+json;q=0.5"
+            )),
             Some(Representation::Html)
         );
         assert_eq!(
@@ -260,7 +264,10 @@ mod tests {
             Some(Representation::Json)
         );
         assert_eq!(negotiate(Some("application/json")), None);
-        assert_eq!(negotiate(Some("application/vnd.pypi.simple.v1+json;q=0")), None);
+        assert_eq!(
+            negotiate(Some("application/vnd.pypi.simple.v1+json;q=0")),
+            None
+        );
     }
 
     fn page() -> ProjectPage {
@@ -294,7 +301,8 @@ mod tests {
 
     #[test]
     fn json_page_has_api_1_1_fields() {
-        let v: Value = serde_json::from_str(&render_project(&page(), Representation::Json)).unwrap();
+        let v: Value =
+            serde_json::from_str(&render_project(&page(), Representation::Json)).unwrap();
         assert_eq!(v["meta"]["api-version"], "1.1");
         assert_eq!(v["name"], "tiny-pkg");
         assert_eq!(v["versions"], json!(["0.1.0", "0.2.0"]));
@@ -321,7 +329,10 @@ mod tests {
             "ab".repeat(32),
             cd = "cd".repeat(32)
         )), "{html}");
-        assert!(html.contains("data-yanked=\"broken &lt;build&gt;\">tiny_pkg-0.2.0.tar.gz</a>"), "{html}");
+        assert!(
+            html.contains("data-yanked=\"broken &lt;build&gt;\">tiny_pkg-0.2.0.tar.gz</a>"),
+            "{html}"
+        );
         assert!(html.contains("pypi:repository-version\" content=\"1.1\""));
     }
 

@@ -153,8 +153,10 @@ async fn dispatch(State(state): State<PypiState>, request: Request) -> Response 
                 },
                 Method::GET | Method::HEAD,
             ) => {
-                files::file(&state, &repo, &project, &version, &filename, false, &headers, head)
-                    .await
+                files::file(
+                    &state, &repo, &project, &version, &filename, false, &headers, head,
+                )
+                .await
             }
             (
                 Endpoint::Metadata {
@@ -165,8 +167,10 @@ async fn dispatch(State(state): State<PypiState>, request: Request) -> Response 
                 },
                 Method::GET | Method::HEAD,
             ) => {
-                files::file(&state, &repo, &project, &version, &filename, true, &headers, head)
-                    .await
+                files::file(
+                    &state, &repo, &project, &version, &filename, true, &headers, head,
+                )
+                .await
             }
             (_, method) => Err(PypiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -108,7 +108,10 @@ mod tests {
             CoreMetadata::parse(b"Metadata-Version: 2.1\nVersion: 1\n"),
             Err(BadMetadata::Missing("Name"))
         );
-        assert_eq!(CoreMetadata::parse(&[0xff, 0xfe]), Err(BadMetadata::NotUtf8));
+        assert_eq!(
+            CoreMetadata::parse(&[0xff, 0xfe]),
+            Err(BadMetadata::NotUtf8)
+        );
     }
 
     #[test]

@@ -362,9 +362,9 @@ pub fn parse_filename(filename: &str) -> Result<DistFilename, BadFilename> {
         });
     }
     if let Some(stem) = filename.strip_suffix(".tar.gz") {
-        let (name, version) = stem.rsplit_once('-').ok_or_else(|| {
-            BadFilename::Shape(filename.to_string(), "{name}-{version}.tar.gz")
-        })?;
+        let (name, version) = stem
+            .rsplit_once('-')
+            .ok_or_else(|| BadFilename::Shape(filename.to_string(), "{name}-{version}.tar.gz"))?;
         return Ok(DistFilename {
             name: name.to_string(),
             version: version.to_string(),
@@ -416,8 +416,13 @@ mod tests {
         assert_eq!(norm("1.0.post"), "1.0.post0");
         assert_eq!(norm("1.0dev"), "1.0.dev0");
         assert_eq!(norm("1.0-dev-2"), "1.0.dev2");
-        assert_eq!(norm("2!1.0rc1.post2.dev3+Ubuntu-1_b"), "2!1.0rc1.post2.dev3+ubuntu.1.b");
-        for bad in ["", "1.", "a1", "1.0+", "1.0+a..b", "1..0", "1.0-", "1.0 2", "1.0/x"] {
+        assert_eq!(
+            norm("2!1.0rc1.post2.dev3+Ubuntu-1_b"),
+            "2!1.0rc1.post2.dev3+ubuntu.1.b"
+        );
+        for bad in [
+            "", "1.", "a1", "1.0+", "1.0+a..b", "1..0", "1.0-", "1.0 2", "1.0/x",
+        ] {
             assert!(Version::parse(bad).is_err(), "{bad:?} parsed");
         }
         assert!(Version::parse("99999999999999999999999").is_err());
@@ -426,15 +431,30 @@ mod tests {
     #[test]
     fn versions_order_as_pep_440_says() {
         let ordered = [
-            "1.0.dev0", "1.0a1.dev1", "1.0a1", "1.0a2", "1.0b1", "1.0rc1", "1.0", "1.0+local",
-            "1.0.post1.dev0", "1.0.post1", "1.1", "2!0.1",
+            "1.0.dev0",
+            "1.0a1.dev1",
+            "1.0a1",
+            "1.0a2",
+            "1.0b1",
+            "1.0rc1",
+            "1.0",
+            "1.0+local",
+            "1.0.post1.dev0",
+            "1.0.post1",
+            "1.1",
+            "2!0.1",
         ];
         for pair in ordered.windows(2) {
-            let (a, b) = (Version::parse(pair[0]).unwrap(), Version::parse(pair[1]).unwrap());
+            let (a, b) = (
+                Version::parse(pair[0]).unwrap(),
+                Version::parse(pair[1]).unwrap(),
+            );
             assert!(a < b, "{} < {}", pair[0], pair[1]);
         }
         assert_eq!(
-            Version::parse("1.0").unwrap().cmp(&Version::parse("1.0.0").unwrap()),
+            Version::parse("1.0")
+                .unwrap()
+                .cmp(&Version::parse("1.0.0").unwrap()),
             Ordering::Equal
         );
     }
@@ -442,12 +462,18 @@ mod tests {
     #[test]
     fn filenames_parse_and_unsafe_ones_are_refused() {
         let wheel = parse_filename("tiny_pkg-0.1.0-py3-none-any.whl").unwrap();
-        assert_eq!((wheel.name.as_str(), wheel.version.as_str()), ("tiny_pkg", "0.1.0"));
+        assert_eq!(
+            (wheel.name.as_str(), wheel.version.as_str()),
+            ("tiny_pkg", "0.1.0")
+        );
         assert_eq!(wheel.kind, DistKind::Wheel);
         let built = parse_filename("tiny_pkg-0.1.0-1-cp311-cp311-linux_x86_64.whl").unwrap();
         assert_eq!(built.version, "0.1.0");
         let sdist = parse_filename("Tiny-Pkg-0.1.0.tar.gz").unwrap();
-        assert_eq!((sdist.name.as_str(), sdist.version.as_str()), ("Tiny-Pkg", "0.1.0"));
+        assert_eq!(
+            (sdist.name.as_str(), sdist.version.as_str()),
+            ("Tiny-Pkg", "0.1.0")
+        );
         assert_eq!(sdist.kind, DistKind::Sdist);
         for bad in [
             "../tiny-0.1.0.tar.gz",
@@ -457,10 +483,22 @@ mod tests {
             "tiny-0.1.0.tar.gz\n",
             "",
         ] {
-            assert!(matches!(parse_filename(bad), Err(BadFilename::Unsafe(_))), "{bad:?}");
+            assert!(
+                matches!(parse_filename(bad), Err(BadFilename::Unsafe(_))),
+                "{bad:?}"
+            );
         }
-        assert!(matches!(parse_filename("tiny-0.1.0.zip"), Err(BadFilename::Extension(_))));
-        assert!(matches!(parse_filename("tiny-0.1.0.whl"), Err(BadFilename::Shape(..))));
-        assert!(matches!(parse_filename("tiny.tar.gz"), Err(BadFilename::Shape(..))));
+        assert!(matches!(
+            parse_filename("tiny-0.1.0.zip"),
+            Err(BadFilename::Extension(_))
+        ));
+        assert!(matches!(
+            parse_filename("tiny-0.1.0.whl"),
+            Err(BadFilename::Shape(..))
+        ));
+        assert!(matches!(
+            parse_filename("tiny.tar.gz"),
+            Err(BadFilename::Shape(..))
+        ));
     }
 }

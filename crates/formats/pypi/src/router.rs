@@ -103,16 +103,33 @@ mod tests {
     #[test]
     fn routes() {
         let repo = RepoName::new("py").unwrap();
-        assert_eq!(parse("/pypi/py"), Ok(Endpoint::Upload { repo: repo.clone() }));
-        assert_eq!(parse("/pypi/py/"), Ok(Endpoint::Upload { repo: repo.clone() }));
-        assert_eq!(parse("/pypi/py/simple/"), Ok(Endpoint::Projects { repo: repo.clone() }));
+        assert_eq!(
+            parse("/pypi/py"),
+            Ok(Endpoint::Upload { repo: repo.clone() })
+        );
+        assert_eq!(
+            parse("/pypi/py/"),
+            Ok(Endpoint::Upload { repo: repo.clone() })
+        );
+        assert_eq!(
+            parse("/pypi/py/simple/"),
+            Ok(Endpoint::Projects { repo: repo.clone() })
+        );
         assert_eq!(
             parse("/pypi/py/simple/Tiny_Pkg/"),
-            Ok(Endpoint::Project { repo: repo.clone(), project: "Tiny_Pkg".into(), slash: true })
+            Ok(Endpoint::Project {
+                repo: repo.clone(),
+                project: "Tiny_Pkg".into(),
+                slash: true
+            })
         );
         assert_eq!(
             parse("/pypi/py/simple/tiny"),
-            Ok(Endpoint::Project { repo: repo.clone(), project: "tiny".into(), slash: false })
+            Ok(Endpoint::Project {
+                repo: repo.clone(),
+                project: "tiny".into(),
+                slash: false
+            })
         );
         assert_eq!(
             parse("/pypi/py/files/tiny/0.1/tiny-0.1-py3-none-any.whl.metadata"),

@@ -103,7 +103,9 @@ pub fn project_page(
     let mut files = Vec::new();
     for (_, vkey, v) in &live {
         for (filename, file) in &v.files {
-            if v.files.contains_key(filename.strip_suffix(".metadata").unwrap_or("")) {
+            if v.files
+                .contains_key(filename.strip_suffix(".metadata").unwrap_or(""))
+            {
                 continue;
             }
             let facts = FileFacts::from_value(&file.facts);

@@ -86,7 +86,8 @@ impl Declared {
 
     /// The first declared digest that `computed` contradicts.
     fn mismatch(&self, computed: &Computed) -> Option<&'static str> {
-        let differs = |declared: &Option<String>, got: &str| declared.as_ref().is_some_and(|d| d != got);
+        let differs =
+            |declared: &Option<String>, got: &str| declared.as_ref().is_some_and(|d| d != got);
         if differs(&self.blake2_256, &computed.blake2_256) {
             return Some("blake2_256_digest");
         }
@@ -304,7 +305,17 @@ pub async fn upload(
     let received = received
         .ok_or_else(|| bad("Invalid request: upload has no file (a part named content)"))?;
     let (project, facts, metadata) = check(state, &fields, &received).await?;
-    publish(state, ctx, repo, &record.settings, project, facts, metadata, received).await
+    publish(
+        state,
+        ctx,
+        repo,
+        &record.settings,
+        project,
+        facts,
+        metadata,
+        received,
+    )
+    .await
 }
 
 /// The checks after the file is stored and before anything is bound.
@@ -316,12 +327,15 @@ async fn check(
     if let Some(action) = first(fields, ":action")
         && action != "file_upload"
     {
-        return Err(bad(format!("Unsupported :action {action:?}; only file_upload is")));
+        return Err(bad(format!(
+            "Unsupported :action {action:?}; only file_upload is"
+        )));
     }
     if let Some(field) = Declared::from_fields(fields).mismatch(&received.computed) {
         return Err(digest_mismatch(field));
     }
-    let name = first(fields, "name").ok_or_else(|| bad("Invalid request: the name field is missing"))?;
+    let name =
+        first(fields, "name").ok_or_else(|| bad("Invalid request: the name field is missing"))?;
     let version = first(fields, "version")
         .ok_or_else(|| bad("Invalid request: the version field is missing"))?;
     if !valid_name(name) {
@@ -330,8 +344,8 @@ async fn check(
             format!("Invalid value for name: {name:?} is not a valid project name"),
         ));
     }
-    let parsed = Version::parse(version)
-        .map_err(|e| bad(format!("Invalid value for version: {e}")))?;
+    let parsed =
+        Version::parse(version).map_err(|e| bad(format!("Invalid value for version: {e}")))?;
     let dist = &received.dist;
     let file = &received.filename;
     if normalize_name(&dist.name) != normalize_name(name) {
@@ -366,7 +380,9 @@ async fn check(
         )));
     }
     let meta_version = Version::parse(&metadata.version).map_err(|e| {
-        bad(format!("Invalid distribution file {file}: its core metadata has {e}"))
+        bad(format!(
+            "Invalid distribution file {file}: its core metadata has {e}"
+        ))
     })?;
     if meta_version.to_string() != parsed.to_string() {
         return Err(bad(format!(
@@ -424,7 +440,11 @@ async fn read_core_metadata(
     let project = project.to_string();
     let filename = dist.name.clone();
     tokio::task::spawn_blocking(move || {
-        archive::core_metadata(io::BufReader::with_capacity(1 << 20, reader), kind, &project)
+        archive::core_metadata(
+            io::BufReader::with_capacity(1 << 20, reader),
+            kind,
+            &project,
+        )
     })
     .await
     .map_err(|e| {
@@ -585,6 +605,9 @@ mod tests {
         );
         fields.insert("blake2_256_digest".to_string(), vec![String::new()]);
         fields.insert("sha256_digest".to_string(), vec!["cd".to_string()]);
-        assert_eq!(Declared::from_fields(&fields).mismatch(&computed), Some("sha256_digest"));
+        assert_eq!(
+            Declared::from_fields(&fields).mismatch(&computed),
+            Some("sha256_digest")
+        );
     }
 }
