@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
-use wharf_meta::packages::{PackageRecord, VersionRecord};
+use wharf_meta::packages::VersionRecord;
 use wharf_types::{ErrorCode, RepoName};
 
 use crate::documents::{Rendered, respond};
@@ -81,7 +81,7 @@ pub async fn project(
     if let Some(doc) = state.documents.get(&cache_key) {
         return Ok(respond(&doc, headers, head));
     }
-    let page = project_page(&key, &record, versions);
+    let page = project_page(&key, versions);
     let doc = Arc::new(Rendered::new(rep, index::render_project(&page, rep)));
     state.documents.insert(cache_key, doc.clone());
     Ok(respond(&doc, headers, head))
@@ -89,11 +89,7 @@ pub async fn project(
 
 /// The page of a project from its records: live versions in PEP 440 order, each version's
 /// files (their core metadata files are links of their own, not entries).
-pub fn project_page(
-    key: &str,
-    _record: &PackageRecord,
-    versions: Vec<(String, VersionRecord)>,
-) -> ProjectPage {
+pub fn project_page(key: &str, versions: Vec<(String, VersionRecord)>) -> ProjectPage {
     let mut live: Vec<(Option<Version>, String, VersionRecord)> = versions
         .into_iter()
         .filter(|(_, v)| v.is_live())
@@ -129,5 +125,88 @@ pub fn project_page(
         name: key.to_string(),
         versions: live.into_iter().map(|(_, _, v)| v.version).collect(),
         files,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wharf_meta::packages::VersionFile;
+
+    use super::*;
+
+    fn file(n: u8, facts: serde_json::Value) -> VersionFile {
+        VersionFile {
+            digest: format!("sha256:{}", hex::encode([n; 32])).parse().unwrap(),
+            size: u64::from(n),
+            uploaded_ms: 0,
+            facts,
+        }
+    }
+
+    fn version(v: &str, files: &[(&str, VersionFile)], unpublished: bool) -> VersionRecord {
+        VersionRecord {
+            version: v.into(),
+            files: files
+                .iter()
+                .map(|(n, f)| (n.to_string(), f.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            metadata: serde_json::Value::Null,
+            published_ms: 0,
+            yanked: None,
+            deprecated: None,
+            unpublished_ms: unpublished.then_some(1),
+        }
+    }
+
+    #[test]
+    fn pages_list_live_versions_in_pep_440_order_with_metadata_as_links() {
+        let facts = FileFacts {
+            requires_python: Some(">=3.9".into()),
+            ..FileFacts::default()
+        }
+        .to_value();
+        let mut yanked = version("1.10", &[("t-1.10.tar.gz", file(3, facts.clone()))], false);
+        yanked.yanked = Some(String::new());
+        let versions = vec![
+            ("1.10".to_string(), yanked),
+            (
+                "1.9".to_string(),
+                version(
+                    "1.9",
+                    &[
+                        ("t-1.9-py3-none-any.whl", file(1, facts)),
+                        (
+                            "t-1.9-py3-none-any.whl.metadata",
+                            file(2, serde_json::Value::Null),
+                        ),
+                    ],
+                    false,
+                ),
+            ),
+            (
+                "2.0".to_string(),
+                version(
+                    "2.0",
+                    &[("t-2.0.tar.gz", file(4, serde_json::Value::Null))],
+                    true,
+                ),
+            ),
+        ];
+        let page = project_page("t", versions);
+        assert_eq!(page.versions, ["1.9", "1.10"]);
+        let names: Vec<&str> = page.files.iter().map(|f| f.filename.as_str()).collect();
+        assert_eq!(names, ["t-1.9-py3-none-any.whl", "t-1.10.tar.gz"]);
+        let wheel = &page.files[0];
+        assert_eq!(wheel.url, "../../files/t/1.9/t-1.9-py3-none-any.whl");
+        assert_eq!(
+            wheel.core_metadata_sha256.as_deref(),
+            Some(hex::encode([2u8; 32]).as_str())
+        );
+        assert_eq!(wheel.requires_python.as_deref(), Some(">=3.9"));
+        assert_eq!(page.files[1].yanked.as_deref(), Some(""));
+        assert_eq!(page.files[1].core_metadata_sha256, None);
     }
 }

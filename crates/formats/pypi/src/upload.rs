@@ -356,7 +356,7 @@ async fn check(
     }
     let file_version = Version::parse(&dist.version.replace('_', "-"))
         .map_err(|e| bad(format!("Invalid filename {file:?}: {e}")))?;
-    if file_version != parsed || file_version.to_string() != parsed.to_string() {
+    if file_version.to_string() != parsed.to_string() {
         return Err(bad(format!(
             "Version in filename {file} ({}) does not match the version field ({version})",
             dist.version
