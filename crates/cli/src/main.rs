@@ -1,9 +1,10 @@
 //! The `wharf` binary: `dev` and `serve` run a node (`dev --nodes 3` a loopback cluster);
-//! `cluster init` creates a cluster; `repo`, `cluster …` and `config` are client-side commands
+//! `cluster init` creates a cluster; `repo`, `pypi`, `cluster …` and `config` are client-side commands
 //! (`--endpoint URL` / `WHARF_ENDPOINT`, `--json`).
 
 mod cluster;
 mod dev_cluster;
+mod pypi;
 mod repo;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ enum Command {
     },
     /// Repositories on a running node.
     Repo(repo::RepoArgs),
+    /// PyPI projects on a running node: yank and unyank releases.
+    Pypi(pypi::PypiArgs),
 }
 
 #[derive(Subcommand)]
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Repo(args) => repo::run(args).await,
+            Command::Pypi(args) => pypi::run(args).await,
         }
     });
     match result {

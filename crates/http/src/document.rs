@@ -3,7 +3,9 @@
 //! (weak comparison), `Cache-Control: no-cache`, `Vary: Accept, Accept-Encoding`, and gzip
 //! when the client accepts it (never for package files, which are not documents).
 
-use std::sync::OnceLock;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Body;
 use axum::response::Response;
@@ -108,12 +110,94 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Rendered documents by key, bounded: the oldest entry goes first. Formats key documents by
+/// the package revision they were rendered from (it grows with every change), so an entry is
+/// never stale, only unused.
+pub struct DocumentCache<K> {
+    capacity: usize,
+    inner: Mutex<Entries<K>>,
+}
+
+/// The documents and their insertion order (oldest first).
+type Entries<K> = (HashMap<K, Arc<Rendered>>, VecDeque<K>);
+
+impl<K: Eq + Hash + Clone> DocumentCache<K> {
+    /// A cache of at most `capacity` documents.
+    pub fn new(capacity: usize) -> Self {
+        DocumentCache {
+            capacity,
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+        }
+    }
+
+    /// The cached document, if any.
+    pub fn get(&self, key: &K) -> Option<Arc<Rendered>> {
+        self.inner.lock().ok()?.0.get(key).cloned()
+    }
+
+    /// Keeps a document, dropping the oldest beyond the capacity.
+    pub fn insert(&self, key: K, doc: Arc<Rendered>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let (map, order) = &mut *inner;
+        if map.insert(key.clone(), doc).is_none() {
+            order.push_back(key);
+        }
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// The cached document, or `render`'s, kept.
+    pub fn get_or_render<E>(
+        &self,
+        key: K,
+        render: impl FnOnce() -> Result<Rendered, E>,
+    ) -> Result<Arc<Rendered>, E> {
+        if let Some(found) = self.get(&key) {
+            return Ok(found);
+        }
+        let rendered = Arc::new(render()?);
+        self.insert(key, rendered.clone());
+        Ok(rendered)
+    }
+
+    /// How many documents are kept.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.0.len()).unwrap_or(0)
+    }
+
+    /// Whether no document is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn the_cache_is_bounded_and_drops_the_oldest() {
+        let cache = DocumentCache::new(3);
+        let doc = Arc::new(Rendered::new("x"));
+        for i in 0..5u64 {
+            cache.insert(i, doc.clone());
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&0).is_none() && cache.get(&1).is_none());
+        assert!(cache.get(&4).is_some());
+        let again = cache
+            .get_or_render::<()>(4, || panic!("a cached document is not rendered again"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&again, &doc));
+    }
 
     #[test]
     fn documents_revalidate_and_compress() {

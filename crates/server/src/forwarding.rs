@@ -50,7 +50,8 @@ pub(crate) struct UploadForwarding {
 
 /// The repository named by a request that stores bytes: an OCI upload start (`POST
 /// /v2/<repo>/…/blobs/uploads/`, also monolithic and mount), an OCI manifest `PUT`, a generic
-/// file or npm publish `PUT`, or a `cargo publish` (`PUT /cargo/<repo>/api/v1/crates/new`).
+/// file or npm publish `PUT`, a `cargo publish` (`PUT /cargo/<repo>/api/v1/crates/new`), or a
+/// PyPI upload (`POST /pypi/<repo>/`).
 fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
     if let Some(rest) = path.strip_prefix("/v2/") {
         let stores = (*method == http::Method::POST
@@ -69,6 +70,12 @@ fn storing_write<'a>(method: &http::Method, path: &'a str) -> Option<&'a str> {
             .strip_prefix("/generic/")
             .or_else(|| path.strip_prefix("/npm/"))?;
         return rest.split('/').next();
+    }
+    if *method == http::Method::POST {
+        // A PyPI upload: `/pypi/<repo>` or `/pypi/<repo>/` (twine posts to the repository URL).
+        let rest = path.strip_prefix("/pypi/")?;
+        let repo = rest.strip_suffix('/').unwrap_or(rest);
+        return (!repo.is_empty() && !repo.contains('/')).then_some(repo);
     }
     None
 }
@@ -269,6 +276,10 @@ mod tests {
             (Method::PATCH, "/v2/team/app/blobs/uploads/1-ab", None),
             (Method::DELETE, "/generic/files/a/b.tgz", None),
             (Method::POST, "/api/v1/repos", None),
+            (Method::POST, "/pypi/py/", Some("py")),
+            (Method::POST, "/pypi/py", Some("py")),
+            (Method::GET, "/pypi/py/simple/tiny/", None),
+            (Method::POST, "/pypi/py/simple/", None),
         ];
         for (method, path, repo) in cases {
             assert_eq!(storing_write(&method, path), repo, "{method} {path}");

@@ -341,9 +341,14 @@ fn routes(
     ));
     let cargo = wharf_cargo::router(wharf_cargo::CargoState::new(
         registry.clone(),
-        external,
+        external.clone(),
         config.http.max_cargo_publish_bytes,
         config.http.max_crate_unpacked_bytes,
+    ));
+    let pypi = wharf_pypi::router(wharf_pypi::PypiState::new(
+        registry.clone(),
+        external,
+        config.http.max_pypi_upload_bytes,
     ));
     let admin = admin::router(admin::AdminState {
         registry,
@@ -367,6 +372,7 @@ fn routes(
         .merge(generic)
         .merge(npm)
         .merge(cargo)
+        .merge(pypi)
         .merge(admin)
         .merge(cluster_api)
         .merge(health)

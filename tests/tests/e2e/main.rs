@@ -18,6 +18,7 @@ mod partition;
 mod podman;
 mod power_loss;
 mod protocol;
+mod pypi;
 mod replication;
 mod skopeo;
 mod storage;

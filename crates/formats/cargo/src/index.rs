@@ -6,9 +6,6 @@
 //! [`IndexLine`] stored with the version at publish time plus `yanked` from the version
 //! record: only `yanked` ever changes in an existing line.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use wharf_http::document::Rendered;
@@ -41,38 +38,11 @@ pub fn render_config(api: &str) -> String {
     serde_json::json!({ "dl": format!("{api}/api/v1/crates"), "api": api }).to_string()
 }
 
-/// Rendered index files, keyed by (repository, crate key, package revision): a change of the
-/// package bumps its revision, so an entry is never stale, only unused. Bounded: when full it
-/// is emptied (a miss only costs one rendering).
-#[derive(Default)]
-pub struct IndexCache {
-    entries: Mutex<HashMap<(String, String, u64), Arc<Rendered>>>,
-}
+/// Rendered index files, keyed by (repository, crate key, package revision).
+pub type IndexCache = wharf_http::document::DocumentCache<(String, String, u64)>;
 
 /// How many rendered index files are kept.
-const CACHE_ENTRIES: usize = 4096;
-
-impl IndexCache {
-    fn get_or_render(
-        &self,
-        key: (String, String, u64),
-        render: impl FnOnce() -> Result<String, String>,
-    ) -> Result<Arc<Rendered>, String> {
-        if let Ok(entries) = self.entries.lock()
-            && let Some(found) = entries.get(&key)
-        {
-            return Ok(found.clone());
-        }
-        let rendered = Arc::new(Rendered::new(render()?));
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= CACHE_ENTRIES {
-                entries.clear();
-            }
-            entries.insert(key, rendered.clone());
-        }
-        Ok(rendered)
-    }
-}
+pub const CACHE_ENTRIES: usize = 4096;
 
 /// Refuses a repository of another format (404): its packages are not crates.
 pub async fn ensure_cargo_repo(state: &CargoState, repo: &RepoName) -> Result<(), CargoError> {
@@ -117,9 +87,9 @@ pub async fn file(
             format!("crate {name} is not in {repo}"),
         )
     };
-    let Some((record, versions)): Option<PackageDocument> =
-        state.registry.package(repo, &key).await?
-    else {
+    // The record alone tells the revision; the versions are read only to render a revision
+    // not cached yet.
+    let Some(record) = state.registry.package_record(repo, &key).await? else {
         return Err(not_found());
     };
     // The file lives at the path of the name as published; other spellings are other paths.
@@ -129,8 +99,16 @@ pub async fn file(
     ensure_cargo_repo(state, repo).await?;
     let rendered = state
         .index_cache
-        .get_or_render((repo.to_string(), key, record.revision), || {
-            render_index_file(&versions)
+        .get_or_render((repo.to_string(), key.clone(), record.revision), || {
+            // At least as new as `record` (local state only moves forward); rendered under the
+            // revision read, so a newer state is only ever cached under a smaller key briefly
+            // and the next request renders again.
+            let (_, versions): PackageDocument = state
+                .registry
+                .package_now(repo, &key)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the crate vanished while its index was rendered".to_string())?;
+            render_index_file(&versions).map(Rendered::new)
         })
         .map_err(|m| CargoError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, m))?;
     Ok(rendered.respond(headers, "text/plain; charset=utf-8", head))

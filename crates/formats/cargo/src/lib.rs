@@ -65,7 +65,7 @@ impl CargoState {
             external,
             max_publish_bytes,
             max_unpacked_bytes,
-            index_cache: Arc::default(),
+            index_cache: Arc::new(index::IndexCache::new(index::CACHE_ENTRIES)),
             publishes: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
         }
     }

@@ -13,15 +13,13 @@ pub mod packument;
 pub mod publish;
 pub mod route;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::{Method, StatusCode};
 use tracing::Instrument;
-use wharf_http::document::Rendered;
 use wharf_registry::{Registry, RequestCtx};
 
 pub use error::NpmError;
@@ -54,7 +52,7 @@ impl NpmState {
             registry,
             external,
             max_publish_bytes,
-            documents: Arc::default(),
+            documents: Arc::new(DocumentCache::new(CACHED_DOCUMENTS)),
             publishes: Arc::new(tokio::sync::Semaphore::new(PUBLISHES_IN_FLIGHT)),
         }
     }
@@ -64,26 +62,8 @@ impl NpmState {
 /// key never names a stale document.
 pub type DocumentKey = (String, String, u64, packument::Representation, String);
 
-/// Rendered packuments by [`DocumentKey`], bounded (emptied when full).
-#[derive(Default)]
-pub struct DocumentCache {
-    map: Mutex<HashMap<DocumentKey, Arc<Rendered>>>,
-}
-
-impl DocumentCache {
-    pub fn get(&self, key: &DocumentKey) -> Option<Arc<Rendered>> {
-        self.map.lock().ok()?.get(key).cloned()
-    }
-
-    pub fn insert(&self, key: DocumentKey, rendered: Arc<Rendered>) {
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= CACHED_DOCUMENTS {
-                map.clear();
-            }
-            map.insert(key, rendered);
-        }
-    }
-}
+/// Rendered packuments by [`DocumentKey`], bounded.
+pub type DocumentCache = wharf_http::document::DocumentCache<DocumentKey>;
 
 /// The `/npm/` router.
 pub fn router(state: NpmState) -> Router {

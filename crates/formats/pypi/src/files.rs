@@ -1,0 +1,97 @@
+//! Downloads: distribution files and their core metadata (PEP 658), with HEAD, `ETag`,
+//! `Accept-Ranges: bytes` and single-range 206 (uv range-reads wheels). Yanked files stay
+//! downloadable (PEP 592). Never gzip-encoded.
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode, header};
+use wharf_http::range::{RangeAnswer, answer};
+use wharf_types::RepoName;
+
+use crate::names::{Version, normalize_name};
+use crate::router::metadata_filename;
+use crate::{PypiError, PypiState};
+
+/// `GET`/`HEAD /pypi/<repo>/files/<project>/<version>/<file>[.metadata]`
+#[allow(clippy::too_many_arguments)] // one per route part and request fact
+pub async fn file(
+    state: &PypiState,
+    repo: &RepoName,
+    project: &str,
+    version: &str,
+    filename: &str,
+    metadata: bool,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, PypiError> {
+    state.check_repo(repo).await?;
+    let key = normalize_name(project);
+    let vkey = Version::parse(version)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| version.to_string());
+    let bound = if metadata {
+        metadata_filename(filename)
+    } else {
+        filename.to_string()
+    };
+    let not_found = || PypiError::not_found(format!("{bound} is not in {repo}"));
+    let record = state
+        .registry
+        .package_version(repo, &key, &vkey)
+        .await?
+        .ok_or_else(not_found)?;
+    let file = record.files.get(&bound).ok_or_else(not_found)?;
+    let content_type = if metadata {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    let etag = format!("\"{}\"", file.digest.hex());
+    let size = file.size;
+    let base = |status: StatusCode| {
+        Response::builder()
+            .status(status)
+            .header(header::ETAG, &etag)
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+    };
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(base(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .unwrap_or_default());
+    }
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = match answer(range_header, size) {
+        RangeAnswer::Whole => None,
+        RangeAnswer::Part(start, end) => Some((start, end)),
+        RangeAnswer::Unsatisfiable => {
+            return Ok(base(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .header(header::CONTENT_LENGTH, 0)
+                .body(Body::empty())
+                .unwrap_or_default());
+        }
+    };
+    let builder = match range {
+        Some((start, end)) => base(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+            .header(header::CONTENT_LENGTH, end - start + 1),
+        None => base(StatusCode::OK).header(header::CONTENT_LENGTH, size),
+    }
+    .header(header::CONTENT_TYPE, content_type);
+    if head {
+        return Ok(builder.body(Body::empty()).unwrap_or_default());
+    }
+    if metadata {
+        // PEP 658 in use: installers that read this skip downloading the file to resolve.
+        tracing::info!(file = %bound, "core metadata served");
+    }
+    let reader = state.registry.read_blob(&file.digest, range).await?;
+    Ok(builder
+        .body(Body::from_stream(reader.stream))
+        .unwrap_or_default())
+}
