@@ -674,3 +674,72 @@ fn raw_oversized_post(server: &Wharf) -> (String, String) {
     let status = head.lines().next().unwrap_or_default().to_string();
     (status, body.to_string())
 }
+
+/// A release uploaded with twine through node 1 of a three-node cluster is on the simple page of
+/// every other node at once (DESIGN.md §1.5: a miss runs the read barrier), with its PEP 658
+/// metadata, and pip installs it from node 3.
+#[test]
+fn uploaded_on_one_node_installed_from_another() {
+    use wharf_tests::cluster::{ClusterOpts, TestCluster};
+    let cluster = TestCluster::start(3, ClusterOpts::default());
+    let env = ClientEnv::new(&cluster.members[0].client);
+    let dist = build_project(&env, "spread-py", "1.0.0", &[], b"everywhere");
+    let files = dist_files(&dist);
+    let mut twine = py(&env, "twine");
+    twine
+        .args([
+            "upload",
+            "--non-interactive",
+            "--disable-progress-bar",
+            "--repository-url",
+        ])
+        .arg(format!("http://{}/pypi/{REPO}/", cluster.members[0].client))
+        .args(["-u", "user", "-p", "secret"])
+        .args(&files);
+    run(&mut twine);
+    for member in &cluster.members[1..] {
+        let url = format!("http://{}/pypi/{REPO}/simple/spread-py/", member.client);
+        let resp = expect_status(
+            http_client()
+                .get(&url)
+                .header("Accept", PIP_ACCEPT)
+                .send()
+                .unwrap(),
+            200,
+            &format!("GET {url} right after the upload through node 1"),
+        );
+        let page: serde_json::Value = resp.json().unwrap();
+        let names: Vec<&str> = page["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["filename"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "sdist and wheel on {}: {page}",
+            member.client
+        );
+        assert_eq!(page["versions"], serde_json::json!(["1.0.0"]));
+    }
+    let target = env.join("installed");
+    let third = format!(
+        "http://user:secret@{}/pypi/{REPO}/simple/",
+        cluster.members[2].client
+    );
+    run(py(&env, "pip")
+        .args([
+            "install",
+            "--no-cache-dir",
+            "--index-url",
+            &third,
+            "--target",
+        ])
+        .arg(&target)
+        .arg("spread-py==1.0.0"));
+    assert_eq!(
+        std::fs::read(target.join("spread_py/data.bin")).unwrap(),
+        b"everywhere"
+    );
+}
