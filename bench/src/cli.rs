@@ -33,6 +33,9 @@ pub enum ScenarioName {
     /// sends it when installing: the abbreviated form, gzip accepted. The npm registry is at
     /// `--npm-prefix` under `--target`.
     NpmPackument,
+    /// GET of one project's simple page (`--versions` wheels, uploaded in setup) in its PEP 503
+    /// HTML form. The PyPI repository (its upload URL) is at `--pypi-prefix` under `--target`.
+    PypiSimple,
 }
 
 impl ScenarioName {
@@ -50,6 +53,7 @@ impl ScenarioName {
             Self::Loopback => "loopback",
             Self::CrossNodePull => "cross-node-pull",
             Self::NpmPackument => "npm-packument",
+            Self::PypiSimple => "pypi-simple",
         }
     }
 
@@ -111,7 +115,11 @@ pub struct Args {
     /// for a registry at the root such as verdaccio).
     #[arg(long, default_value = "/npm/bench")]
     pub npm_prefix: String,
-    /// `npm-packument`: how many versions the package has.
+    /// `pypi-simple`: the PyPI repository's upload URL path under `--target` (`/pypi/<repo>`
+    /// on Wharf, empty for a server at the root such as pypiserver).
+    #[arg(long, default_value = "/pypi/bench")]
+    pub pypi_prefix: String,
+    /// `npm-packument` / `pypi-simple`: how many versions the package has.
     #[arg(long, default_value_t = 1000)]
     pub versions: u64,
 }
@@ -143,7 +151,9 @@ pub struct Settings {
     pub pull_from: Option<String>,
     /// The npm registry's path under the target.
     pub npm_prefix: String,
-    /// Versions of the `npm-packument` package.
+    /// The PyPI repository's path under the target.
+    pub pypi_prefix: String,
+    /// Versions of the `npm-packument` package / `pypi-simple` project.
     pub versions: u64,
 }
 
@@ -205,6 +215,7 @@ impl Args {
             json: self.json,
             pull_from: self.pull_from.clone(),
             npm_prefix: self.npm_prefix.clone(),
+            pypi_prefix: self.pypi_prefix.clone(),
             versions: self.versions,
         })
     }

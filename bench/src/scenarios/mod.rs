@@ -6,6 +6,7 @@ pub mod blob;
 pub mod loopback;
 pub mod manifest;
 pub mod npm;
+pub mod pypi;
 
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub enum Scenario {
     CrossNodePull(Vec<blob::Stored>),
     /// GET of a packument.
     NpmPackument(npm::Packument),
+    /// GET of a simple page.
+    PypiSimple(pypi::SimplePage),
 }
 
 impl Scenario {
@@ -89,6 +92,9 @@ impl Scenario {
             ScenarioName::NpmPackument => Self::NpmPackument(
                 npm::Packument::setup(&mut conn, &s.npm_prefix, s.versions).await?,
             ),
+            ScenarioName::PypiSimple => Self::PypiSimple(
+                pypi::SimplePage::setup(&mut conn, &s.pypi_prefix, s.versions).await?,
+            ),
             ScenarioName::Loopback => anyhow::bail!("loopback has no registry setup"),
         })
     }
@@ -103,6 +109,7 @@ impl Scenario {
             Self::TagCommit(t) => t.op(conn, i).await,
             Self::Loopback(l) => l.op().await,
             Self::NpmPackument(p) => p.op(conn).await,
+            Self::PypiSimple(p) => p.op(conn).await,
             Self::CrossNodePull(blobs) => {
                 let blob = usize::try_from(i)
                     .ok()
@@ -119,6 +126,7 @@ impl Scenario {
             Self::Manifest(m) => m.len(),
             Self::TagCommit(t) => t.len(),
             Self::NpmPackument(p) => p.len(),
+            Self::PypiSimple(p) => p.len(),
             _ => s.size,
         }
     }

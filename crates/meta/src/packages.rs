@@ -90,6 +90,9 @@ pub const MAX_METADATA_BYTES: usize = 1024 * 1024;
 /// limit (128) and the metadata sits a few levels down in it: a deeper document would be
 /// accepted, appended to the log, and then be undecodable on every node.
 pub const MAX_METADATA_DEPTH: usize = 32;
+/// Most files one version may hold (PyPI adds them one by one; every upload rewrites the
+/// version record and every page render reads it).
+pub const MAX_FILES_PER_VERSION: usize = 1024;
 /// Longest text (deprecation message, yank reason, tag, login) an update may carry.
 pub const MAX_CHANGE_TEXT: usize = 64 * 1024;
 
@@ -372,6 +375,17 @@ impl Ctx<'_> {
         }
         if added.is_empty() {
             return Ok(Ok(Outcome::Unchanged));
+        }
+        if version.files.len() + added.len() > MAX_FILES_PER_VERSION {
+            return reject(
+                ErrorCode::BadRequest,
+                format!(
+                    "{}@{} already has {} files; a version holds at most {MAX_FILES_PER_VERSION}",
+                    p.name,
+                    version.version,
+                    version.files.len()
+                ),
+            );
         }
         let mut package = package.unwrap_or_else(|| PackageRecord {
             name: p.name.clone(),

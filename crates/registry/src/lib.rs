@@ -172,6 +172,28 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let stored = self
+            .store_blob_here(settings, source, expected, expected_size)
+            .await?;
+        self.copy_to_peers(settings, &stored).await?;
+        Ok(stored)
+    }
+
+    /// The first half of [`Registry::store_blob`]: the blob verified and fsync'd on this node
+    /// only, for a format that checks the file's contents before anything leaves the node (a
+    /// refused upload is then never copied). [`Registry::copy_to_peers`] must follow before
+    /// the blob is referenced by a command.
+    pub async fn store_blob_here<S, E>(
+        &self,
+        settings: &RepoSettings,
+        source: BlobSource<S>,
+        expected: Option<&Digest>,
+        expected_size: Option<u64>,
+    ) -> Result<StoredBlob>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         self.ensure_stored_here(settings)?;
         let stored = match source {
             BlobSource::Upload(session) => {
@@ -202,20 +224,27 @@ impl Registry {
                 format!("received {} bytes, but {size} were declared", info.size),
             ));
         }
-        if let Some(replication) = &self.replication {
-            let holders = self
-                .read(|t| query::blob(t, &info.digest))?
-                .map(|r| r.holders)
-                .unwrap_or_default();
-            replication
-                .ensure_copies(&info, &holders, &settings.regions)
-                .await
-                .map_err(replication_error)?;
-        }
         Ok(StoredBlob {
             info,
             holder: self.node_id,
         })
+    }
+
+    /// The second half of [`Registry::store_blob`]: copies pushed to peers until
+    /// `durability.min_copies` members hold the blob (else NOT_ENOUGH_COPIES, 503).
+    pub async fn copy_to_peers(&self, settings: &RepoSettings, stored: &StoredBlob) -> Result<()> {
+        let Some(replication) = &self.replication else {
+            return Ok(());
+        };
+        let info = &stored.info;
+        let holders = self
+            .read(|t| query::blob(t, &info.digest))?
+            .map(|r| r.holders)
+            .unwrap_or_default();
+        replication
+            .ensure_copies(info, &holders, &settings.regions)
+            .await
+            .map_err(replication_error)
     }
 
     /// Proposes one command and turns a rejection into an error.

@@ -3,7 +3,8 @@
 //! documents and downloads (DESIGN.md §4 "Publish", §1.5).
 
 use wharf_meta::packages::{
-    self, PackageDocument, PackagePublish, PackageRecord, PackageUpdate, VersionRecord,
+    self, PackageDocument, PackagePublish, PackageRecord, PackageUpdate, VersionFile,
+    VersionRecord,
 };
 use wharf_meta::{Command, Outcome};
 use wharf_types::RepoName;
@@ -77,13 +78,38 @@ impl Registry {
         let read = |t: &redb::ReadTransaction| {
             Ok(packages::version(t, repo, key, version)?.filter(VersionRecord::is_live))
         };
-        let unpublishable = self.read(|t| {
-            Ok(wharf_meta::query::repo(t, repo)?.is_some_and(|r| r.settings.allow_unpublish))
-        })?;
-        if unpublishable {
+        if self.unpublishable(repo)? {
             return self.read_mutable(repo, read, Option::is_some).await;
         }
         self.read_or_barrier(read).await
+    }
+
+    /// One file of a live version, for a download: as [`Registry::package_version`] reads it,
+    /// except that a missing *file* (a version this node knows, with a file uploaded elsewhere
+    /// moments ago) runs the read barrier too — never a false 404.
+    pub async fn package_file(
+        &self,
+        repo: &RepoName,
+        key: &str,
+        version: &str,
+        filename: &str,
+    ) -> Result<Option<VersionFile>> {
+        let read = |t: &redb::ReadTransaction| {
+            Ok(packages::version(t, repo, key, version)?
+                .filter(VersionRecord::is_live)
+                .and_then(|v| v.files.get(filename).cloned()))
+        };
+        if self.unpublishable(repo)? {
+            return self.read_mutable(repo, read, Option::is_some).await;
+        }
+        self.read_or_barrier(read).await
+    }
+
+    /// Whether the repository lets versions be unpublished: its bindings are mutable then.
+    fn unpublishable(&self, repo: &RepoName) -> Result<bool> {
+        self.read(|t| {
+            Ok(wharf_meta::query::repo(t, repo)?.is_some_and(|r| r.settings.allow_unpublish))
+        })
     }
 
     /// Packages of a repository in key order after `after`, at most `limit`; true if more follow.

@@ -676,8 +676,9 @@ fn raw_oversized_post(server: &Wharf) -> (String, String) {
 }
 
 /// A release uploaded with twine through node 1 of a three-node cluster is on the simple page of
-/// every other node at once (DESIGN.md §1.5: a miss runs the read barrier), with its PEP 658
-/// metadata, and pip installs it from node 3.
+/// every other node at once (DESIGN.md §1.5: a miss runs the read barrier), a file added later
+/// to that release downloads from node 3 at once (a known version with a missing file runs the
+/// barrier too), and pip installs the release from node 3.
 #[test]
 fn uploaded_on_one_node_installed_from_another() {
     use wharf_tests::cluster::{ClusterOpts, TestCluster};
@@ -685,18 +686,38 @@ fn uploaded_on_one_node_installed_from_another() {
     let env = ClientEnv::new(&cluster.members[0].client);
     let dist = build_project(&env, "spread-py", "1.0.0", &[], b"everywhere");
     let files = dist_files(&dist);
-    let mut twine = py(&env, "twine");
-    twine
-        .args([
-            "upload",
-            "--non-interactive",
-            "--disable-progress-bar",
-            "--repository-url",
-        ])
-        .arg(format!("http://{}/pypi/{REPO}/", cluster.members[0].client))
-        .args(["-u", "user", "-p", "secret"])
-        .args(&files);
-    run(&mut twine);
+    let twine = |file: &Path| {
+        let mut twine = py(&env, "twine");
+        twine
+            .args([
+                "upload",
+                "--non-interactive",
+                "--disable-progress-bar",
+                "--repository-url",
+            ])
+            .arg(format!("http://{}/pypi/{REPO}/", cluster.members[0].client))
+            .args(["-u", "user", "-p", "secret"])
+            .arg(file);
+        run(&mut twine);
+    };
+    let wheel = file_named(&files, ".whl");
+    let sdist = file_named(&files, ".tar.gz");
+    twine(&wheel);
+    // Node 3 learns the release with its wheel only; then the sdist joins it through node 1.
+    let page = format!("http://{}/pypi/{REPO}/simple/spread-py/", cluster.members[2].client);
+    expect_status(http_client().get(&page).send().unwrap(), 200, &page);
+    twine(&sdist);
+    let sdist_name = sdist.file_name().unwrap().to_str().unwrap();
+    let sdist_url = format!(
+        "http://{}/pypi/{REPO}/files/spread-py/1.0.0/{sdist_name}",
+        cluster.members[2].client
+    );
+    let got = expect_status(
+        http_client().get(&sdist_url).send().unwrap(),
+        200,
+        &format!("GET {sdist_url} right after the upload through node 1"),
+    );
+    assert_eq!(got.bytes().unwrap().as_ref(), std::fs::read(&sdist).unwrap());
     for member in &cluster.members[1..] {
         let url = format!("http://{}/pypi/{REPO}/simple/spread-py/", member.client);
         let resp = expect_status(

@@ -67,7 +67,8 @@ impl From<RegistryError> for CargoError {
             Conflict | TagImmutable | RepositoryExists => StatusCode::CONFLICT,
             Denied => StatusCode::FORBIDDEN,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            // Only the cluster-version gate says this here: retry once the upgrade is done.
+            Unsupported => StatusCode::SERVICE_UNAVAILABLE,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
                 StatusCode::SERVICE_UNAVAILABLE

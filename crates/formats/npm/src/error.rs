@@ -65,7 +65,8 @@ impl From<RegistryError> for NpmError {
             RepositoryExists => StatusCode::CONFLICT,
             Denied => StatusCode::FORBIDDEN,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            Unsupported => StatusCode::NOT_IMPLEMENTED,
+            // Only the cluster-version gate says this here: retry once the upgrade is done.
+            Unsupported => StatusCode::SERVICE_UNAVAILABLE,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -357,15 +357,11 @@ impl Handler<'_> {
         self.ensure_npm_repo().await?;
         let missing = || NpmError::not_found(format!("{file} of {name} is not in {}", self.repo));
         let version = version_of_tarball(name, file).ok_or_else(missing)?;
-        let record = self
+        let stored = self
             .state
             .registry
-            .package_version(self.repo, name, version)
+            .package_file(self.repo, name, version, &tarball_name(name, version))
             .await?
-            .ok_or_else(missing)?;
-        let stored = record
-            .files
-            .get(&tarball_name(name, version))
             .ok_or_else(missing)?;
         let size = stored.size;
         let etag = format!("\"{}\"", stored.digest.hex());

@@ -50,7 +50,7 @@ pub async fn yank(
     };
     let version_key = Version::parse(version)
         .map_err(|e| PypiError::bad_request(ErrorCode::BadRequest, e.to_string()))?
-        .to_string();
+        .release_key();
     let key = normalize_name(project);
     let outcome = state
         .registry

@@ -64,7 +64,7 @@ fn wheel_metadata<R: Read + Seek>(reader: R, project: &str) -> Result<Vec<u8>, B
             metadata = Some(bytes);
         } else {
             // Reading to the end checks the entry's CRC-32.
-            unpacked += io::copy(&mut entry, &mut io::sink())
+            unpacked += drain_within(&mut entry, unpacked)
                 .map_err(|e| BadArchive::Zip(format!("{name}: {e}")))?;
         }
         if unpacked > MAX_UNPACKED_BYTES {
@@ -99,7 +99,7 @@ fn sdist_metadata<R: Read>(reader: R) -> Result<Vec<u8>, BadArchive> {
             unpacked += bytes.len() as u64;
             metadata = Some(bytes);
         } else {
-            unpacked += io::copy(&mut entry, &mut io::sink()).map_err(tar_err)?;
+            unpacked += drain_within(&mut entry, unpacked).map_err(tar_err)?;
         }
         if unpacked > MAX_UNPACKED_BYTES {
             return Err(BadArchive::TooLarge);
@@ -109,11 +109,21 @@ fn sdist_metadata<R: Read>(reader: R) -> Result<Vec<u8>, BadArchive> {
         return Err(BadArchive::TarGz("the archive has no entries".into()));
     }
     // The rest of the gzip stream: reading it to the end checks its CRC and length.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(tar_err)?;
+    unpacked += drain_within(&mut archive.into_inner(), unpacked).map_err(tar_err)?;
+    if unpacked > MAX_UNPACKED_BYTES {
+        return Err(BadArchive::TooLarge);
+    }
     metadata.ok_or(BadArchive::NoMetadata(
         "the sdist",
         "no <name>-<version>/PKG-INFO",
     ))
+}
+
+/// Reads `r` to its end, but never more than one byte past what [`MAX_UNPACKED_BYTES`] leaves
+/// after `so_far`: an entry whose declared size lies inflates no further than the limit.
+fn drain_within(r: &mut impl Read, so_far: u64) -> io::Result<u64> {
+    let left = MAX_UNPACKED_BYTES.saturating_sub(so_far);
+    io::copy(&mut r.take(left + 1), &mut io::sink())
 }
 
 /// Reads all of `r`, or `None` past `cap` bytes.

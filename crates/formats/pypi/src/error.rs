@@ -81,7 +81,7 @@ impl PypiError {
     }
 }
 
-/// The message as a valid reason phrase: visible ASCII and spaces only, at most 200 bytes.
+/// The message as a valid reason phrase: visible ASCII and spaces only, at most 300 bytes (a 255-byte filename fits in the 409 message).
 fn reason_phrase(message: &str) -> Vec<u8> {
     let mut out: Vec<u8> = message
         .chars()
@@ -90,7 +90,7 @@ fn reason_phrase(message: &str) -> Vec<u8> {
             _ => b' ',
         })
         .collect();
-    out.truncate(200);
+    out.truncate(300);
     out
 }
 
@@ -107,7 +107,8 @@ impl From<RegistryError> for PypiError {
             Conflict | TagImmutable | RepositoryExists => StatusCode::CONFLICT,
             Denied => StatusCode::FORBIDDEN,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            Unsupported => StatusCode::CONFLICT,
+            // Only the cluster-version gate says this here: retry once the upgrade is done.
+            Unsupported => StatusCode::SERVICE_UNAVAILABLE,
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -133,6 +134,6 @@ mod tests {
             b"File already exists ('a.whl')"
         );
         assert_eq!(reason_phrase("a\r\nb\u{e9}"), b"a  b ");
-        assert_eq!(reason_phrase(&"x".repeat(500)).len(), 200);
+        assert_eq!(reason_phrase(&"x".repeat(500)).len(), 300);
     }
 }

@@ -27,7 +27,7 @@ pub async fn file(
     state.check_repo(repo).await?;
     let key = normalize_name(project);
     let vkey = Version::parse(version)
-        .map(|v| v.to_string())
+        .map(|v| v.release_key())
         .unwrap_or_else(|_| version.to_string());
     let bound = if metadata {
         metadata_filename(filename)
@@ -35,12 +35,11 @@ pub async fn file(
         filename.to_string()
     };
     let not_found = || PypiError::not_found(format!("{bound} is not in {repo}"));
-    let record = state
+    let file = state
         .registry
-        .package_version(repo, &key, &vkey)
+        .package_file(repo, &key, &vkey, &bound)
         .await?
         .ok_or_else(not_found)?;
-    let file = record.files.get(&bound).ok_or_else(not_found)?;
     let content_type = if metadata {
         "text/plain; charset=utf-8"
     } else {

@@ -65,17 +65,7 @@ impl PypiState {
 
     /// Refuses a repository of another format (or one that does not exist).
     pub(crate) async fn check_repo(&self, repo: &RepoName) -> Result<(), PypiError> {
-        let record = self.registry.repo(repo).await?;
-        if record.settings.format != Format::Pypi {
-            return Err(PypiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::NameUnknown,
-                format!(
-                    "repository {repo} holds {} content, not PyPI packages",
-                    record.settings.format.as_str()
-                ),
-            ));
-        }
+        self.registry.repo_for_read(repo, Format::Pypi).await?;
         Ok(())
     }
 }
@@ -111,7 +101,9 @@ async fn dispatch(State(state): State<PypiState>, request: Request) -> Response 
     let method = request.method().clone();
     let (name, repo) = match &endpoint {
         Endpoint::Upload { repo } => ("pypi-upload", repo.clone()),
-        Endpoint::Projects { repo } => ("pypi-projects", repo.clone()),
+        Endpoint::Projects { repo } | Endpoint::ProjectsWithoutSlash { repo } => {
+            ("pypi-projects", repo.clone())
+        }
         Endpoint::Project { repo, .. } => ("pypi-project", repo.clone()),
         Endpoint::File { repo, .. } => ("pypi-file", repo.clone()),
         Endpoint::Metadata { repo, .. } => ("pypi-metadata", repo.clone()),
@@ -136,7 +128,10 @@ async fn dispatch(State(state): State<PypiState>, request: Request) -> Response 
             ) => simple::project(&state, &repo, &project, &headers, head).await,
             // Relative file links need the trailing slash (PEP 503: redirect to it). Index
             // reads only: the upload URL is never redirected.
-            (Endpoint::Project { slash: false, .. }, Method::GET | Method::HEAD) => {
+            (
+                Endpoint::Project { slash: false, .. } | Endpoint::ProjectsWithoutSlash { .. },
+                Method::GET | Method::HEAD,
+            ) => {
                 let location = format!("{}/", request.uri().path());
                 Ok(Response::builder()
                     .status(StatusCode::MOVED_PERMANENTLY)

@@ -222,6 +222,16 @@ impl Version {
         })
     }
 
+    /// The release's key: the normal form without trailing zeros in the release segment
+    /// (`1.0`, `1.0.0` and `1` are one release to pip, so they are one release here).
+    pub fn release_key(&self) -> String {
+        let mut key = self.clone();
+        while key.release.len() > 1 && key.release.last() == Some(&0) {
+            key.release.pop();
+        }
+        key.to_string()
+    }
+
     /// The sort key of PEP 440 (packaging's `_cmpkey`): trailing zeros of the release do not
     /// count; a dev release without pre or post sorts before every pre-release.
     fn key(&self) -> impl Ord + '_ {
@@ -346,8 +356,16 @@ pub fn parse_filename(filename: &str) -> Result<DistFilename, BadFilename> {
     }
     if let Some(stem) = filename.strip_suffix(".whl") {
         let parts: Vec<&str> = stem.split('-').collect();
+        // Tags (and a build tag) in their normal form: lower-case letters, digits, `_` and `.`.
+        let tag_ok = |t: &&str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.'))
+        };
         let (name, version) = match parts.as_slice() {
-            [name, version, _, _, _] | [name, version, _, _, _, _] => (*name, *version),
+            [name, version, tags @ ..] if matches!(tags.len(), 3 | 4) && tags.iter().all(tag_ok) => {
+                (*name, *version)
+            }
             _ => {
                 return Err(BadFilename::Shape(
                     filename.to_string(),

@@ -19,6 +19,10 @@ pub enum Endpoint {
     Projects {
         repo: RepoName,
     },
+    /// `/simple` without its slash: its relative links need it (redirected).
+    ProjectsWithoutSlash {
+        repo: RepoName,
+    },
     /// `slash`: whether the path ended in `/` (relative links need it).
     Project {
         repo: RepoName,
@@ -58,7 +62,8 @@ pub fn parse(path: &str) -> Result<Endpoint, RouteError> {
     let ok = |s: &str| !s.is_empty() && s != "." && s != "..";
     match segments.as_slice() {
         [""] => Ok(Endpoint::Upload { repo }),
-        ["simple"] | ["simple", ""] => Ok(Endpoint::Projects { repo }),
+        ["simple"] => Ok(Endpoint::ProjectsWithoutSlash { repo }),
+        ["simple", ""] => Ok(Endpoint::Projects { repo }),
         ["simple", project] if ok(project) => Ok(Endpoint::Project {
             repo,
             project: project.to_string(),

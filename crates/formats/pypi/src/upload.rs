@@ -30,12 +30,20 @@ use wharf_types::{Digest, ErrorCode, Format, RepoName};
 use crate::archive;
 use crate::facts::FileFacts;
 use crate::metadata::CoreMetadata;
-use crate::names::{DistFilename, Version, normalize_name, parse_filename, valid_name};
+use crate::names::{DistFilename, DistKind, Version, normalize_name, parse_filename, valid_name};
 use crate::router::metadata_filename;
 use crate::{PypiError, PypiState};
 
 /// Largest form field other than the file (a description can be long).
 const MAX_FIELD_BYTES: u64 = 4 * 1024 * 1024;
+/// At most this many form fields besides the file (twine sends about 25, with classifiers).
+const MAX_FIELDS: usize = 512;
+/// At most this many bytes of them, in total (descriptions can be long).
+const MAX_FIELDS_BYTES: usize = 4 * 1024 * 1024;
+/// The longest `Requires-Python` kept (pip filters candidates on it).
+const MAX_REQUIRES_PYTHON: usize = 1024;
+/// The longest summary kept (Warehouse's limit).
+const MAX_SUMMARY: usize = 512;
 /// Room for the form fields around the file in the whole body.
 const FORM_SLACK: u64 = 16 * 1024 * 1024;
 
@@ -235,6 +243,7 @@ pub async fn upload(
     let body = wharf_http::stream_body(request.into_body());
     let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let (mut field_count, mut field_bytes) = (0usize, 0usize);
     let mut received: Option<Received> = None;
     loop {
         let field = match form.next_field().await {
@@ -245,6 +254,13 @@ pub async fn upload(
         let name = field.name().unwrap_or_default().to_string();
         if name != "content" {
             let text = field.text().await.map_err(|e| multipart_error(&e, limit))?;
+            field_bytes += name.len() + text.len();
+            field_count += 1;
+            if field_count > MAX_FIELDS || field_bytes > MAX_FIELDS_BYTES {
+                return Err(bad(format!(
+                    "Invalid request: more than {MAX_FIELDS} form fields or {MAX_FIELDS_BYTES} bytes of them"
+                )));
+            }
             fields.entry(name).or_default().push(text);
             continue;
         }
@@ -276,9 +292,10 @@ pub async fn upload(
             limit,
             done: false,
         };
+        // Stored on this node only: the file is checked before any copy leaves it.
         let stored = state
             .registry
-            .store_blob(
+            .store_blob_here(
                 &record.settings,
                 BlobSource::Stream(Box::pin(stream)),
                 expected.as_ref(),
@@ -304,7 +321,11 @@ pub async fn upload(
     }
     let received = received
         .ok_or_else(|| bad("Invalid request: upload has no file (a part named content)"))?;
-    let (project, facts, metadata) = check(state, &fields, &received).await?;
+    let (project, facts, metadata) = check(state, repo, &fields, &received).await?;
+    state
+        .registry
+        .copy_to_peers(&record.settings, &received.blob)
+        .await?;
     publish(
         state,
         ctx,
@@ -321,6 +342,7 @@ pub async fn upload(
 /// The checks after the file is stored and before anything is bound.
 async fn check(
     state: &PypiState,
+    repo: &RepoName,
     fields: &BTreeMap<String, Vec<String>>,
     received: &Received,
 ) -> Result<(Project, FileFacts, (CoreMetadata, Vec<u8>)), PypiError> {
@@ -362,6 +384,15 @@ async fn check(
             dist.version
         )));
     }
+    // One spelling per file: a filename binds once, so another spelling of the same name or
+    // version (`Tiny-1.0.tar.gz` next to `tiny-1.0.tar.gz`) could otherwise add a second,
+    // different file that installers treat as the same one (PEP 427 / 625 normal forms).
+    let canonical_name = normalize_name(name).replace('-', "_");
+    if dist.name != canonical_name || dist.version != parsed.to_string() {
+        return Err(bad(format!(
+            "Filename {file} is not normalized: start it with {canonical_name}-{parsed}"
+        )));
+    }
     if let Some(filetype) = first(fields, "filetype")
         && filetype != dist.kind.filetype()
     {
@@ -390,25 +421,62 @@ async fn check(
             metadata.version
         )));
     }
-    let requires_python = first(fields, "requires_python")
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .or_else(|| metadata.requires_python.clone());
+    // What the index says must be what the core metadata it serves says: pip filters on it.
+    let requires_python = metadata.requires_python.clone();
+    if requires_python.as_ref().is_some_and(|r| r.len() > MAX_REQUIRES_PYTHON) {
+        return Err(bad(format!(
+            "Requires-Python of {file} is longer than {MAX_REQUIRES_PYTHON} bytes"
+        )));
+    }
     let facts = FileFacts {
         requires_python,
         filetype: dist.kind.filetype().to_string(),
         metadata_version: metadata.metadata_version.clone(),
         core_metadata_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
     };
+    let key = normalize_name(name);
+    let version_key = parsed.release_key();
+    // A release is spelled one way (its files too), and has at most one sdist.
+    if let Some(release) = state
+        .registry
+        .package_version(repo, &key, &version_key)
+        .await?
+    {
+        let spelled = Version::parse(&release.version).map(|v| v.to_string());
+        if spelled.as_deref().is_ok_and(|s| s != parsed.to_string()) {
+            return Err(bad(format!(
+                "Release {} of {name} exists; upload its files as version {}",
+                release.version, release.version
+            )));
+        }
+        let other_sdist = release
+            .files
+            .keys()
+            .any(|f| f.ends_with(".tar.gz") && f != file);
+        if dist.kind == DistKind::Sdist && other_sdist {
+            return Err(bad("Only one sdist may be uploaded per release."));
+        }
+        // Other bytes for a bound filename: refused before any copy leaves this node (apply
+        // decides again for an upload racing this one).
+        if release
+            .files
+            .get(file.as_str())
+            .is_some_and(|bound| bound.digest != received.blob.info.digest)
+        {
+            let message = format!("File already exists ('{file}')");
+            return Err(PypiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message));
+        }
+    }
     let project = Project {
-        key: normalize_name(name),
+        key,
         name: metadata.name.clone(),
-        version_key: parsed.to_string(),
+        version_key,
         version: version.trim().to_string(),
-        summary: first(fields, "summary")
-            .map(str::to_string)
-            .or_else(|| metadata.summary.clone()),
+        summary: metadata
+            .summary
+            .clone()
+            .or_else(|| first(fields, "summary").map(str::to_string))
+            .map(|s| s.chars().take(MAX_SUMMARY).collect()),
     };
     Ok((project, facts, (metadata, bytes)))
 }
@@ -429,12 +497,14 @@ async fn read_core_metadata(
     dist: &DistFilename,
     project: &str,
 ) -> Result<Vec<u8>, PypiError> {
+    let fault = Arc::new(Mutex::new(None));
     let reader = BlobFile {
         registry: registry.clone(),
         digest: blob.info.digest.clone(),
         size: blob.info.size,
         pos: 0,
         runtime: tokio::runtime::Handle::current(),
+        fault: fault.clone(),
     };
     let kind = dist.kind;
     let project = project.to_string();
@@ -454,7 +524,10 @@ async fn read_core_metadata(
             format!("reading {filename}: {e}"),
         )
     })?
-    .map_err(|e| bad(format!("Invalid distribution file: {e}")))
+    .map_err(|e| {
+        let ours = fault.lock().ok().and_then(|mut slot| slot.take());
+        ours.unwrap_or_else(|| bad(format!("Invalid distribution file: {e}")))
+    })
 }
 
 /// Binds the file (and its core metadata file, when PEP 658 lets it be served).
@@ -533,6 +606,9 @@ struct BlobFile {
     size: u64,
     pos: u64,
     runtime: tokio::runtime::Handle,
+    /// A failure of this node's own read (busy, damaged copy, disk), kept apart from what is
+    /// wrong with the archive: it is the server's fault, not the upload's.
+    fault: Arc<Mutex<Option<PypiError>>>,
 }
 
 impl Read for BlobFile {
@@ -542,14 +618,29 @@ impl Read for BlobFile {
         }
         let end = self.size.min(self.pos + buf.len() as u64) - 1;
         let (registry, digest, start) = (&self.registry, &self.digest, self.pos);
+        let fault = self.fault.clone();
         let n = self.runtime.block_on(async {
-            let mut reader = registry
-                .read_blob(digest, Some((start, end)))
-                .await
-                .map_err(io::Error::other)?;
+            let mut reader = match registry.read_blob(digest, Some((start, end))).await {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let message = e.to_string();
+                    if let Ok(mut slot) = fault.lock() {
+                        slot.get_or_insert(PypiError::from(e));
+                    }
+                    return Err(io::Error::other(message));
+                }
+            };
             let mut n = 0usize;
             while let Some(chunk) = reader.stream.next().await {
-                let chunk = chunk?;
+                let chunk = chunk.inspect_err(|e| {
+                    if let Ok(mut slot) = fault.lock() {
+                        slot.get_or_insert(PypiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            ErrorCode::Internal,
+                            format!("reading the stored upload back failed: {e}; retry"),
+                        ));
+                    }
+                })?;
                 let to = buf
                     .get_mut(n..n + chunk.len())
                     .ok_or_else(|| io::Error::other("blob read returned more than asked"))?;
