@@ -244,6 +244,7 @@ impl Registry {
         replication
             .ensure_copies(info, &holders, &settings.regions)
             .await
+            .map(|_| ())
             .map_err(replication_error)
     }
 

@@ -3,8 +3,7 @@
 //! documents and downloads (DESIGN.md §4 "Publish", §1.5).
 
 use wharf_meta::packages::{
-    self, PackageDocument, PackagePublish, PackageRecord, PackageUpdate, VersionFile,
-    VersionRecord,
+    self, PackageDocument, PackagePublish, PackageRecord, PackageUpdate, VersionFile, VersionRecord,
 };
 use wharf_meta::{Command, Outcome};
 use wharf_types::RepoName;

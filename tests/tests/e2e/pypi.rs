@@ -538,7 +538,7 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
             filename,
             good.clone(),
             400,
-            "",
+            "not to the expected",
         ),
         (
             "blake2 mismatch",
@@ -567,6 +567,22 @@ fn bad_uploads_get_clear_errors_and_bind_nothing() {
             wheel_bytes("tiny", "2.0", "tiny"),
             400,
             "does not match the version field",
+        ),
+        (
+            "a filename not in its normal form (another spelling of the same file)",
+            as_refs(&fields(&sha256_hex(&good))),
+            "Tiny-1.0-py3-none-any.whl",
+            good.clone(),
+            400,
+            "is not normalized",
+        ),
+        (
+            "a wheel tag outside the normal form",
+            as_refs(&fields(&sha256_hex(&good))),
+            "tiny-1.0-py3-none-any%23x.whl",
+            good.clone(),
+            400,
+            "invalid filename",
         ),
         (
             "path traversal in the filename",
@@ -704,7 +720,10 @@ fn uploaded_on_one_node_installed_from_another() {
     let sdist = file_named(&files, ".tar.gz");
     twine(&wheel);
     // Node 3 learns the release with its wheel only; then the sdist joins it through node 1.
-    let page = format!("http://{}/pypi/{REPO}/simple/spread-py/", cluster.members[2].client);
+    let page = format!(
+        "http://{}/pypi/{REPO}/simple/spread-py/",
+        cluster.members[2].client
+    );
     expect_status(http_client().get(&page).send().unwrap(), 200, &page);
     twine(&sdist);
     let sdist_name = sdist.file_name().unwrap().to_str().unwrap();
@@ -717,7 +736,10 @@ fn uploaded_on_one_node_installed_from_another() {
         200,
         &format!("GET {sdist_url} right after the upload through node 1"),
     );
-    assert_eq!(got.bytes().unwrap().as_ref(), std::fs::read(&sdist).unwrap());
+    assert_eq!(
+        got.bytes().unwrap().as_ref(),
+        std::fs::read(&sdist).unwrap()
+    );
     for member in &cluster.members[1..] {
         let url = format!("http://{}/pypi/{REPO}/simple/spread-py/", member.client);
         let resp = expect_status(

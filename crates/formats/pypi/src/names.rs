@@ -363,7 +363,9 @@ pub fn parse_filename(filename: &str) -> Result<DistFilename, BadFilename> {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.'))
         };
         let (name, version) = match parts.as_slice() {
-            [name, version, tags @ ..] if matches!(tags.len(), 3 | 4) && tags.iter().all(tag_ok) => {
+            [name, version, tags @ ..]
+                if matches!(tags.len(), 3 | 4) && tags.iter().all(tag_ok) =>
+            {
                 (*name, *version)
             }
             _ => {
@@ -399,6 +401,31 @@ mod tests {
 
     fn norm(v: &str) -> String {
         Version::parse(v).unwrap().to_string()
+    }
+
+    #[test]
+    fn a_release_has_one_key_whatever_its_trailing_zeros() {
+        let key = |v: &str| Version::parse(v).unwrap().release_key();
+        assert_eq!(key("1.0"), "1");
+        assert_eq!(key("1.0.0"), "1");
+        assert_eq!(key("1"), "1");
+        assert_eq!(key("1.0.1"), "1.0.1");
+        assert_eq!(key("2.0.0rc1"), "2rc1");
+        assert_ne!(key("1.0.post1"), key("1.0"));
+    }
+
+    #[test]
+    fn wheel_tags_must_be_in_their_normal_form() {
+        for bad in [
+            "tiny-1.0-py3-none-ANY.whl",
+            "tiny-1.0---.whl",
+            "tiny-1.0-py3-none-any#x.whl",
+            "tiny-1.0-py3-none-any%41.whl",
+            "tiny-1.0-py3 -none-any.whl",
+        ] {
+            assert!(parse_filename(bad).is_err(), "{bad}");
+        }
+        assert!(parse_filename("tiny-1.0-1b-py3-none-manylinux_2_17_x86_64.whl").is_ok());
     }
 
     #[test]

@@ -423,7 +423,10 @@ async fn check(
     }
     // What the index says must be what the core metadata it serves says: pip filters on it.
     let requires_python = metadata.requires_python.clone();
-    if requires_python.as_ref().is_some_and(|r| r.len() > MAX_REQUIRES_PYTHON) {
+    if requires_python
+        .as_ref()
+        .is_some_and(|r| r.len() > MAX_REQUIRES_PYTHON)
+    {
         return Err(bad(format!(
             "Requires-Python of {file} is longer than {MAX_REQUIRES_PYTHON} bytes"
         )));
@@ -464,7 +467,11 @@ async fn check(
             .is_some_and(|bound| bound.digest != received.blob.info.digest)
         {
             let message = format!("File already exists ('{file}')");
-            return Err(PypiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message));
+            return Err(PypiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                message,
+            ));
         }
     }
     let project = Project {
