@@ -111,13 +111,13 @@ pub struct Args {
     /// `cross-node-pull`: base URL of the node the blobs are read from (not `--target`).
     #[arg(long)]
     pub pull_from: Option<String>,
-    /// `npm-packument`: the npm registry's path under `--target` (`/npm/<repo>` on Wharf, empty
+    /// `npm-packument`: the npm registry's path under `--target` (`/npm/<repo>` on Wharf, default `/npm/bench-npm`; empty
     /// for a registry at the root such as verdaccio).
-    #[arg(long, default_value = "/npm/bench")]
+    #[arg(long, default_value = "/npm/bench-npm")]
     pub npm_prefix: String,
     /// `pypi-simple`: the PyPI repository's upload URL path under `--target` (`/pypi/<repo>`
     /// on Wharf, empty for a server at the root such as pypiserver).
-    #[arg(long, default_value = "/pypi/bench")]
+    #[arg(long, default_value = "/pypi/bench-pypi")]
     pub pypi_prefix: String,
     /// `npm-packument` / `pypi-simple`: how many versions the package has.
     #[arg(long, default_value_t = 1000)]
