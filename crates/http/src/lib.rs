@@ -6,6 +6,31 @@
 pub mod document;
 pub mod range;
 
+/// The HTTP status of an error code, as the generic, npm, PyPI and Cargo APIs answer it (each may
+/// override a few: npm's 403 for a version it cannot publish over, 503 for `UNSUPPORTED` where
+/// only the cluster-version gate says it). OCI has its own table (the distribution spec's).
+pub fn status_for(code: wharf_types::ErrorCode) -> http::StatusCode {
+    use http::StatusCode;
+    use wharf_types::ErrorCode::*;
+    match code {
+        BlobUnknown | NameUnknown | NotFound | ManifestUnknown | BlobUploadUnknown => {
+            StatusCode::NOT_FOUND
+        }
+        DigestInvalid | SizeInvalid | BadRequest | NameInvalid | BlobUploadInvalid
+        | ManifestInvalid | ManifestBlobUnknown => StatusCode::BAD_REQUEST,
+        Conflict | TagImmutable | RepositoryExists => StatusCode::CONFLICT,
+        Denied => StatusCode::FORBIDDEN,
+        Unauthorized => StatusCode::UNAUTHORIZED,
+        Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+        TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+        Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 

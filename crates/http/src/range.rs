@@ -144,3 +144,129 @@ mod answer_tests {
         assert_eq!(answer(Some("bytes=10-"), 10), RangeAnswer::Unsatisfiable);
     }
 }
+
+/// How a stored file is answered before its bytes are read: at once (304 for a matching
+/// `If-None-Match`, 416 for an unsatisfiable range), or with a response head (200 or 206, with
+/// `ETag`, `Accept-Ranges`, `Content-Type`, `Content-Length` and `Content-Range` set) and the
+/// range to read.
+pub enum FileAnswer {
+    Done(axum::response::Response),
+    Read {
+        head: http::response::Builder,
+        range: Option<(u64, u64)>,
+    },
+}
+
+/// Decides how to answer a request (`headers`) for a stored file of `size` bytes whose strong
+/// tag is `etag` (quoted); `extra` headers go on every answer. Never compressed: package files
+/// are served byte for byte.
+pub fn file_answer(
+    headers: &http::HeaderMap,
+    size: u64,
+    etag: &str,
+    content_type: &str,
+    extra: &[(http::header::HeaderName, String)],
+) -> FileAnswer {
+    use http::{StatusCode, header};
+    let base = |status: StatusCode| {
+        let mut b = http::Response::builder()
+            .status(status)
+            .header(header::ETAG, etag)
+            .header(header::ACCEPT_RANGES, "bytes");
+        for (name, value) in extra {
+            b = b.header(name, value);
+        }
+        b
+    };
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*");
+    if matches {
+        let response = base(StatusCode::NOT_MODIFIED)
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+        return FileAnswer::Done(response);
+    }
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = match answer(range_header, size) {
+        RangeAnswer::Whole => None,
+        RangeAnswer::Part(start, end) => Some((start, end)),
+        RangeAnswer::Unsatisfiable => {
+            let response = base(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .header(header::CONTENT_LENGTH, 0)
+                .body(axum::body::Body::empty())
+                .unwrap_or_default();
+            return FileAnswer::Done(response);
+        }
+    };
+    let head = match range {
+        Some((start, end)) => base(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+            .header(header::CONTENT_LENGTH, end - start + 1),
+        None => base(StatusCode::OK).header(header::CONTENT_LENGTH, size),
+    }
+    .header(header::CONTENT_TYPE, content_type);
+    FileAnswer::Read { head, range }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod file_answer_tests {
+    use http::{HeaderMap, StatusCode, header};
+
+    use super::*;
+
+    fn with(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn files_answer_304_416_206_and_200() {
+        let tag = "\"abc\"";
+        let extra = [(header::CACHE_CONTROL, "immutable".to_string())];
+        let FileAnswer::Done(r) = file_answer(
+            &with(&[(header::IF_NONE_MATCH, "W/\"abc\"")]),
+            10,
+            tag,
+            "x",
+            &extra,
+        ) else {
+            panic!("a matching tag is 304")
+        };
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "immutable");
+        let FileAnswer::Done(r) =
+            file_answer(&with(&[(header::RANGE, "bytes=20-")]), 10, tag, "x", &[])
+        else {
+            panic!("a range past the end is 416")
+        };
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        let FileAnswer::Read { head, range } =
+            file_answer(&with(&[(header::RANGE, "bytes=2-4")]), 10, tag, "x", &[])
+        else {
+            panic!("a range is read")
+        };
+        assert_eq!(range, Some((2, 4)));
+        let r = head.body(()).unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 2-4/10");
+        let FileAnswer::Read { head, range } = file_answer(&HeaderMap::new(), 10, tag, "x", &[])
+        else {
+            panic!("a plain GET is read")
+        };
+        assert_eq!(range, None);
+        assert_eq!(
+            head.body(()).unwrap().headers()[header::CONTENT_LENGTH],
+            "10"
+        );
+    }
+}

@@ -44,27 +44,13 @@ impl GenericError {
 
 impl From<RegistryError> for GenericError {
     fn from(e: RegistryError) -> Self {
-        use ErrorCode::*;
         let code = e.code();
         let status = match code {
-            BlobUnknown | NameUnknown | NotFound | ManifestUnknown | BlobUploadUnknown => {
-                StatusCode::NOT_FOUND
-            }
-            DigestInvalid | SizeInvalid | BadRequest | NameInvalid | BlobUploadInvalid
-            | ManifestInvalid | ManifestBlobUnknown => StatusCode::BAD_REQUEST,
-            Conflict | TagImmutable | RepositoryExists => StatusCode::CONFLICT,
-            Denied => StatusCode::FORBIDDEN,
-            Unauthorized => StatusCode::UNAUTHORIZED,
-            Unsupported => StatusCode::METHOD_NOT_ALLOWED,
-            TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            Internal => {
+            ErrorCode::Internal => {
                 tracing::error!(error = %e, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            other => wharf_http::status_for(other),
         };
         GenericError::new(status, code, e.to_string())
     }

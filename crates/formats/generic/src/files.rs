@@ -7,7 +7,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::json;
-use wharf_http::range::{RangeAnswer, answer};
+use wharf_http::range::{FileAnswer, file_answer};
 use wharf_registry::RequestCtx;
 use wharf_types::{Digest, ErrorCode, RepoName};
 
@@ -111,42 +111,20 @@ pub async fn get(
         )
     })?;
     let etag = format!("\"{}\"", record.digest.hex());
-    let size = record.size;
-    let base = |status: StatusCode| {
-        Response::builder()
-            .status(status)
-            .header(header::ETAG, &etag)
-            .header(CHECKSUM_HEADER, record.digest.hex())
-            .header(header::ACCEPT_RANGES, "bytes")
+    let checksum = [(
+        http::HeaderName::from_static(CHECKSUM_HEADER),
+        record.digest.hex().to_string(),
+    )];
+    let (builder, range) = match file_answer(
+        headers,
+        record.size,
+        &etag,
+        "application/octet-stream",
+        &checksum,
+    ) {
+        FileAnswer::Done(response) => return Ok(response),
+        FileAnswer::Read { head, range } => (head, range),
     };
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        return Ok(base(StatusCode::NOT_MODIFIED)
-            .body(Body::empty())
-            .unwrap_or_default());
-    }
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let range = match answer(range_header, size) {
-        RangeAnswer::Whole => None,
-        RangeAnswer::Part(start, end) => Some((start, end)),
-        RangeAnswer::Unsatisfiable => {
-            return Ok(base(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                .header(header::CONTENT_LENGTH, 0)
-                .body(Body::empty())
-                .unwrap_or_default());
-        }
-    };
-    let builder = match range {
-        Some((start, end)) => base(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
-            .header(header::CONTENT_LENGTH, end - start + 1),
-        None => base(StatusCode::OK).header(header::CONTENT_LENGTH, size),
-    }
-    .header(header::CONTENT_TYPE, "application/octet-stream");
     if head {
         return Ok(builder.body(Body::empty()).unwrap_or_default());
     }

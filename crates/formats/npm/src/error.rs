@@ -53,29 +53,16 @@ impl NpmError {
 
 impl From<RegistryError> for NpmError {
     fn from(e: RegistryError) -> Self {
-        use ErrorCode::*;
         let status = match e.code() {
-            BlobUnknown | NameUnknown | NotFound | ManifestUnknown | BlobUploadUnknown => {
-                StatusCode::NOT_FOUND
-            }
-            DigestInvalid | SizeInvalid | BadRequest | NameInvalid | BlobUploadInvalid
-            | ManifestInvalid | ManifestBlobUnknown => StatusCode::BAD_REQUEST,
             // npm's own status for a version that cannot be published over.
-            Conflict | TagImmutable => StatusCode::FORBIDDEN,
-            RepositoryExists => StatusCode::CONFLICT,
-            Denied => StatusCode::FORBIDDEN,
-            Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Conflict | ErrorCode::TagImmutable => StatusCode::FORBIDDEN,
             // Only the cluster-version gate says this here: retry once the upgrade is done.
-            Unsupported => StatusCode::SERVICE_UNAVAILABLE,
-            TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            Internal => {
+            ErrorCode::Unsupported => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => {
                 tracing::error!(error = %e, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            other => wharf_http::status_for(other),
         };
         NpmError::new(status, e.to_string())
     }

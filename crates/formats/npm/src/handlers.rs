@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use wharf_http::range::{RangeAnswer, answer};
+use wharf_http::range::{FileAnswer, file_answer};
 use wharf_registry::package_records::{
     PackageChange, PackagePublish, PackageUpdate, PublishedFile, VersionBinding, VersionRecord,
 };
@@ -363,37 +363,12 @@ impl Handler<'_> {
             .package_file(self.repo, name, version, &tarball_name(name, version))
             .await?
             .ok_or_else(missing)?;
-        let size = stored.size;
         let etag = format!("\"{}\"", stored.digest.hex());
-        let base = |status: StatusCode| {
-            Response::builder()
-                .status(status)
-                .header(header::ETAG, &etag)
-                .header(header::ACCEPT_RANGES, "bytes")
-                .header(header::CONTENT_TYPE, "application/octet-stream")
-        };
-        if if_none_match(headers, &etag) {
-            return Ok(base(StatusCode::NOT_MODIFIED)
-                .body(Body::empty())
-                .unwrap_or_default());
-        }
-        let range = match answer(header_str(headers, header::RANGE), size) {
-            RangeAnswer::Whole => None,
-            RangeAnswer::Part(start, end) => Some((start, end)),
-            RangeAnswer::Unsatisfiable => {
-                return Ok(base(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                    .header(header::CONTENT_LENGTH, 0)
-                    .body(Body::empty())
-                    .unwrap_or_default());
-            }
-        };
-        let builder = match range {
-            Some((start, end)) => base(StatusCode::PARTIAL_CONTENT)
-                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
-                .header(header::CONTENT_LENGTH, end - start + 1),
-            None => base(StatusCode::OK).header(header::CONTENT_LENGTH, size),
-        };
+        let (builder, range) =
+            match file_answer(headers, stored.size, &etag, "application/octet-stream", &[]) {
+                FileAnswer::Done(response) => return Ok(response),
+                FileAnswer::Read { head, range } => (head, range),
+            };
         if head {
             return Ok(builder.body(Body::empty()).unwrap_or_default());
         }
@@ -497,9 +472,4 @@ async fn tokio_blocking<T: Send + 'static>(
             format!("checking the publish failed: {e}"),
         )
     })
-}
-
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    header_str(headers, header::IF_NONE_MATCH)
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
 }

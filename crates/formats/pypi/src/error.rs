@@ -96,28 +96,15 @@ fn reason_phrase(message: &str) -> Vec<u8> {
 
 impl From<RegistryError> for PypiError {
     fn from(e: RegistryError) -> Self {
-        use ErrorCode::*;
         let code = e.code();
         let status = match code {
-            BlobUnknown | NameUnknown | NotFound | ManifestUnknown | BlobUploadUnknown => {
-                StatusCode::NOT_FOUND
-            }
-            DigestInvalid | SizeInvalid | BadRequest | NameInvalid | BlobUploadInvalid
-            | ManifestInvalid | ManifestBlobUnknown => StatusCode::BAD_REQUEST,
-            Conflict | TagImmutable | RepositoryExists => StatusCode::CONFLICT,
-            Denied => StatusCode::FORBIDDEN,
-            Unauthorized => StatusCode::UNAUTHORIZED,
             // Only the cluster-version gate says this here: retry once the upgrade is done.
-            Unsupported => StatusCode::SERVICE_UNAVAILABLE,
-            TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            NoQuorum | OutcomeUnknown | NotHeldHere | NotEnoughCopies => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            Internal => {
+            ErrorCode::Unsupported => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => {
                 tracing::error!(error = %e, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            other => wharf_http::status_for(other),
         };
         PypiError::new(status, code, e.to_string())
     }

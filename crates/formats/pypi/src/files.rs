@@ -4,8 +4,8 @@
 
 use axum::body::Body;
 use axum::response::Response;
-use http::{HeaderMap, StatusCode, header};
-use wharf_http::range::{RangeAnswer, answer};
+use http::{HeaderMap, header};
+use wharf_http::range::{FileAnswer, file_answer};
 use wharf_types::RepoName;
 
 use crate::names::{Version, normalize_name};
@@ -46,42 +46,14 @@ pub async fn file(
         "application/octet-stream"
     };
     let etag = format!("\"{}\"", file.digest.hex());
-    let size = file.size;
-    let base = |status: StatusCode| {
-        Response::builder()
-            .status(status)
-            .header(header::ETAG, &etag)
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+    let immutable = [(
+        header::CACHE_CONTROL,
+        "public, max-age=31536000, immutable".to_string(),
+    )];
+    let (builder, range) = match file_answer(headers, file.size, &etag, content_type, &immutable) {
+        FileAnswer::Done(response) => return Ok(response),
+        FileAnswer::Read { head, range } => (head, range),
     };
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        return Ok(base(StatusCode::NOT_MODIFIED)
-            .body(Body::empty())
-            .unwrap_or_default());
-    }
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let range = match answer(range_header, size) {
-        RangeAnswer::Whole => None,
-        RangeAnswer::Part(start, end) => Some((start, end)),
-        RangeAnswer::Unsatisfiable => {
-            return Ok(base(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                .header(header::CONTENT_LENGTH, 0)
-                .body(Body::empty())
-                .unwrap_or_default());
-        }
-    };
-    let builder = match range {
-        Some((start, end)) => base(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
-            .header(header::CONTENT_LENGTH, end - start + 1),
-        None => base(StatusCode::OK).header(header::CONTENT_LENGTH, size),
-    }
-    .header(header::CONTENT_TYPE, content_type);
     if head {
         return Ok(builder.body(Body::empty()).unwrap_or_default());
     }
