@@ -154,7 +154,9 @@ pub(crate) async fn forward_foreign_uploads(
         None => match resident_writer(&f, &method, &path).await {
             None => return next.run(request).await,
             Some(Ok(node)) => node,
-            Some(Err(message)) => return oci_error(ErrorCode::NotHeldHere, message, head),
+            Some(Err(message)) => {
+                return format_error(&path, ErrorCode::NotHeldHere, message, head);
+            }
         },
     };
     let (parts, body) = request.into_parts();
@@ -174,12 +176,31 @@ pub(crate) async fn forward_foreign_uploads(
         Ok(response) => into_response(response),
         Err(e) => {
             tracing::warn!(owner, error = %e, "could not forward a request");
-            oci_error(
+            format_error(
+                &path,
                 ErrorCode::NotHeldHere,
                 format!("the request must run on node {owner}, which cannot be reached: {e}"),
                 head,
             )
         }
+    }
+}
+
+/// An error answered here (503 + `Retry-After` for NOT_HELD_HERE), in the shape of the API the
+/// path belongs to: npm, Cargo and PyPI clients print their own error fields, not OCI's.
+fn format_error(path: &str, code: ErrorCode, message: String, head: bool) -> Response {
+    let status = wharf_http::status_for(code);
+    if path.starts_with("/npm/") {
+        wharf_npm::NpmError::new(status, message).into_response(head)
+    } else if path.starts_with("/cargo/") {
+        wharf_cargo::CargoError::new(status, code, message).into_response(head)
+    } else if path.starts_with("/pypi/") {
+        wharf_pypi::PypiError::new(status, code, message)
+            .into_response(wharf_pypi::Shape::Text, head)
+    } else if path.starts_with("/generic/") {
+        wharf_generic::GenericError::new(status, code, message).into_response(head)
+    } else {
+        oci_error(code, message, head)
     }
 }
 
@@ -239,8 +260,44 @@ pub(crate) fn handler(app: Router) -> wharf_replication::ForwardHandler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn errors_answered_here_speak_the_format_of_the_path() {
+        async fn body(path: &str) -> (String, String) {
+            let r = format_error(path, ErrorCode::NotHeldHere, "away".into(), false);
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert!(
+                r.headers().contains_key(http::header::RETRY_AFTER),
+                "{path}"
+            );
+            let ct = r.headers()[http::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let bytes = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap();
+            (ct, String::from_utf8(bytes.to_bytes().to_vec()).unwrap())
+        }
+        let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        let (_, npm) = body("/npm/js/tiny").await;
+        assert_eq!(json(&npm)["error"], "away");
+        let (_, cargo) = body("/cargo/c/api/v1/crates/new").await;
+        assert_eq!(json(&cargo)["errors"][0]["detail"], "away");
+        let (ct, pypi) = body("/pypi/py/").await;
+        assert!(
+            ct.starts_with("text/plain") && pypi.contains("away"),
+            "{ct} {pypi}"
+        );
+        let (_, generic) = body("/generic/files/a").await;
+        assert_eq!(json(&generic)["errors"][0]["code"], "NOT_HELD_HERE");
+        // OCI clients know only the distribution spec's codes: Wharf's own is mapped.
+        let (_, oci) = body("/v2/r/img/blobs/uploads/").await;
+        assert_eq!(json(&oci)["errors"][0]["message"], "away");
+    }
 
     #[test]
     fn only_session_paths_name_an_owner() {
