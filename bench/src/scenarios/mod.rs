@@ -3,6 +3,7 @@
 //! and tag names derive from the index, so warmup and measured ops never collide.
 
 pub mod blob;
+pub mod document;
 pub mod loopback;
 pub mod manifest;
 pub mod npm;
@@ -32,9 +33,9 @@ pub enum Scenario {
     /// GET of blob `i` (pushed elsewhere) from the read-through node.
     CrossNodePull(Vec<blob::Stored>),
     /// GET of a packument.
-    NpmPackument(npm::Packument),
+    NpmPackument(document::Document),
     /// GET of a simple page.
-    PypiSimple(pypi::SimplePage),
+    PypiSimple(document::Document),
 }
 
 impl Scenario {
@@ -89,12 +90,12 @@ impl Scenario {
                 }
                 Self::CrossNodePull(blobs)
             }
-            ScenarioName::NpmPackument => Self::NpmPackument(
-                npm::Packument::setup(&mut conn, &s.npm_prefix, s.versions).await?,
-            ),
-            ScenarioName::PypiSimple => Self::PypiSimple(
-                pypi::SimplePage::setup(&mut conn, &s.pypi_prefix, s.versions).await?,
-            ),
+            ScenarioName::NpmPackument => {
+                Self::NpmPackument(npm::setup(&mut conn, &s.npm_prefix, s.versions).await?)
+            }
+            ScenarioName::PypiSimple => {
+                Self::PypiSimple(pypi::setup(&mut conn, &s.pypi_prefix, s.versions).await?)
+            }
             ScenarioName::Loopback => anyhow::bail!("loopback has no registry setup"),
         })
     }

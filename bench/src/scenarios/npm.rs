@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use sha2::{Digest, Sha512};
 
+use super::document::{Document, Headers};
 use crate::client::{self, Conn, ReqBody};
 
 /// npm's `Accept` when it resolves a dependency.
@@ -22,77 +23,32 @@ pub const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
 /// The package published and read.
 pub const PACKAGE: &str = "bench-pkg";
 
-/// The packument fixture: its path and the representation the registry served after setup.
-pub struct Packument {
-    path: String,
-    body: Bytes,
-    content_type: String,
-}
+/// What npm sends when it resolves a dependency.
+const INSTALL_HEADERS: Headers = &[
+    (header::ACCEPT, INSTALL_ACCEPT),
+    (header::ACCEPT_ENCODING, "gzip, deflate"),
+];
 
-impl Packument {
-    /// Publishes `versions` versions of [`PACKAGE`] under the npm registry at `prefix` (a path
-    /// such as `/npm/bench`, or empty for a registry at the root) and reads the document back.
-    pub async fn setup(conn: &mut Conn, prefix: &str, versions: u64) -> anyhow::Result<Self> {
-        let path = format!("{}/{PACKAGE}", prefix.trim_end_matches('/'));
-        let have = published(conn, &path).await?;
-        for i in 0..versions {
-            let version = format!("1.0.{i}");
-            if have.contains(&version) {
-                continue;
-            }
-            publish(conn, &path, &version)
-                .await
-                .with_context(|| format!("setup: publishing {PACKAGE}@{version}"))?;
+/// Publishes `versions` versions of [`PACKAGE`] under the npm registry at `prefix` (a path such
+/// as `/npm/bench-npm`, or empty for a registry at the root) and reads the packument back.
+pub async fn setup(conn: &mut Conn, prefix: &str, versions: u64) -> anyhow::Result<Document> {
+    let path = format!("{}/{PACKAGE}", prefix.trim_end_matches('/'));
+    let have = published(conn, &path).await?;
+    for i in 0..versions {
+        let version = format!("1.0.{i}");
+        if have.contains(&version) {
+            continue;
         }
-        let resp = get(conn, &path).await?;
-        let what = format!("GET {path}");
-        let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
-        let content_type = client::header_str(resp.headers(), "content-type", &what)?.to_string();
-        anyhow::ensure!(
-            content_type.starts_with(ABBREVIATED),
-            "{what}: Content-Type {content_type:?}, expected the abbreviated packument ({ABBREVIATED})"
-        );
-        let body = client::collect(resp, &what).await?;
-        let count = published(conn, &path).await?.len() as u64;
-        anyhow::ensure!(
-            count >= versions,
-            "{what}: the registry lists {count} versions after publishing {versions}"
-        );
-        Ok(Self {
-            path,
-            body,
-            content_type,
-        })
+        publish(conn, &path, &version)
+            .await
+            .with_context(|| format!("setup: publishing {PACKAGE}@{version}"))?;
     }
-
-    /// Length of the document served.
-    pub fn len(&self) -> u64 {
-        self.body.len() as u64
-    }
-
-    /// One GET; status, `Content-Type` and bytes must be what setup saw.
-    pub async fn op(&self, conn: &mut Conn) -> anyhow::Result<u64> {
-        let what = format!("GET {}", self.path);
-        let resp = get(conn, &self.path).await?;
-        let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
-        client::expect_header(resp.headers(), "content-type", &self.content_type, &what)?;
-        let got = client::collect(resp, &what).await?;
-        anyhow::ensure!(
-            got == self.body,
-            "{what}: {} bytes differ from the document read after setup",
-            got.len()
-        );
-        Ok(0)
-    }
-}
-
-async fn get(conn: &mut Conn, path: &str) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
-    let req = conn
-        .request(Method::GET, path)
-        .header(header::ACCEPT, INSTALL_ACCEPT)
-        .header(header::ACCEPT_ENCODING, "gzip, deflate")
-        .body(ReqBody::Empty)?;
-    conn.send(req).await
+    let count = published(conn, &path).await?.len() as u64;
+    anyhow::ensure!(
+        count >= versions,
+        "GET {path}: the registry lists {count} versions after publishing {versions}"
+    );
+    Document::read(conn, path, INSTALL_HEADERS, ABBREVIATED).await
 }
 
 /// The versions the registry lists (full document, uncompressed), or none for a 404.

@@ -13,89 +13,43 @@ use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 
+use super::document::{self, Document, Headers};
 use crate::client::{self, Conn, ReqBody};
 
 /// The project uploaded and read.
 pub const PROJECT: &str = "bench-pkg";
 
-/// The project page fixture.
-pub struct SimplePage {
-    path: String,
-    body: Bytes,
-    content_type: String,
-}
+/// The PEP 503 page, the form every PyPI server serves.
+const HTML: Headers = &[(header::ACCEPT, "text/html")];
 
-impl SimplePage {
-    /// Uploads `versions` wheels of [`PROJECT`] to the PyPI repository at `prefix` (its upload
-    /// URL, e.g. `/pypi/bench` on Wharf or empty for pypiserver; the simple index is below it)
-    /// and reads the project page back.
-    pub async fn setup(conn: &mut Conn, prefix: &str, versions: u64) -> anyhow::Result<Self> {
-        let prefix = prefix.trim_end_matches('/');
-        let path = format!("{prefix}/simple/{PROJECT}/");
-        let have = listed(conn, &path).await?;
-        for i in 0..versions {
-            let version = format!("1.0.{i}");
-            if have.contains(&wheel_name(&version)) {
-                continue;
-            }
-            upload(conn, &format!("{prefix}/"), &version)
-                .await
-                .with_context(|| format!("setup: uploading {PROJECT} {version}"))?;
+/// Uploads `versions` wheels of [`PROJECT`] to the PyPI repository at `prefix` (its upload URL,
+/// e.g. `/pypi/bench-pypi` on Wharf or empty for pypiserver; the simple index is below it) and
+/// reads the project page back.
+pub async fn setup(conn: &mut Conn, prefix: &str, versions: u64) -> anyhow::Result<Document> {
+    let prefix = prefix.trim_end_matches('/');
+    let path = format!("{prefix}/simple/{PROJECT}/");
+    let have = listed(conn, &path).await?;
+    for i in 0..versions {
+        let version = format!("1.0.{i}");
+        if have.contains(&wheel_name(&version)) {
+            continue;
         }
-        let what = format!("GET {path}");
-        let resp = get(conn, &path).await?;
-        let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
-        let content_type = client::header_str(resp.headers(), "content-type", &what)?.to_string();
-        anyhow::ensure!(
-            content_type.starts_with("text/html"),
-            "{what}: Content-Type {content_type:?}, expected the PEP 503 HTML page (text/html)"
-        );
-        let body = client::collect(resp, &what).await?;
-        let count = listed(conn, &path).await?.len() as u64;
-        anyhow::ensure!(
-            count >= versions,
-            "{what}: the page lists {count} files after uploading {versions}"
-        );
-        Ok(Self {
-            path,
-            body,
-            content_type,
-        })
+        upload(conn, &format!("{prefix}/"), &version)
+            .await
+            .with_context(|| format!("setup: uploading {PROJECT} {version}"))?;
     }
-
-    /// Length of the page served.
-    pub fn len(&self) -> u64 {
-        self.body.len() as u64
-    }
-
-    /// One GET; status, `Content-Type` and bytes must be what setup saw.
-    pub async fn op(&self, conn: &mut Conn) -> anyhow::Result<u64> {
-        let what = format!("GET {}", self.path);
-        let resp = get(conn, &self.path).await?;
-        let resp = client::expect_status(resp, StatusCode::OK, &what).await?;
-        client::expect_header(resp.headers(), "content-type", &self.content_type, &what)?;
-        let got = client::collect(resp, &what).await?;
-        anyhow::ensure!(
-            got == self.body,
-            "{what}: {} bytes differ from the page read after setup",
-            got.len()
-        );
-        Ok(0)
-    }
-}
-
-async fn get(conn: &mut Conn, path: &str) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
-    let req = conn
-        .request(Method::GET, path)
-        .header(header::ACCEPT, "text/html")
-        .body(ReqBody::Empty)?;
-    conn.send(req).await
+    let count = listed(conn, &path).await?.len() as u64;
+    anyhow::ensure!(
+        count >= versions,
+        "GET {path}: the page lists {count} files after uploading {versions}"
+    );
+    Document::read(conn, path, HTML, "text/html").await
 }
 
 /// The wheel file names the page links to (none for a 404).
 async fn listed(conn: &mut Conn, path: &str) -> anyhow::Result<BTreeSet<String>> {
     let what = format!("GET {path}");
-    let resp = get(conn, path).await?;
+    let resp = document::get(conn, path, HTML).await?;
     if resp.status() == StatusCode::NOT_FOUND {
         client::drain(resp, &what).await?;
         return Ok(BTreeSet::new());

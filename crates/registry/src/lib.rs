@@ -677,19 +677,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn reads_beyond_the_open_bound_get_too_many_requests_until_one_closes() {
+    /// A registry over a fresh state whose proposals never finish, and its metadata handle.
+    fn stuck_registry() -> (Registry, Arc<StuckMeta>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
         let blobs = FsBlobStore::open(&dir.path().join("blobs"), 1).unwrap();
-        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"hello"))]);
-        let info = blobs.ingest(body, None).await.unwrap();
         let meta = Arc::new(StuckMeta {
             db,
             waiting: AtomicUsize::new(0),
             _dir: dir,
         });
-        let registry = Registry::new(meta, blobs, 1, false, Arc::new(|_| {}));
+        let registry = Registry::new(meta.clone(), blobs, 1, false, Arc::new(|_| {}));
+        (registry, meta)
+    }
+
+    #[tokio::test]
+    async fn reads_beyond_the_open_bound_get_too_many_requests_until_one_closes() {
+        let (registry, _) = stuck_registry();
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"hello"))]);
+        let info = registry.blobs().ingest(body, None).await.unwrap();
         let mut open = Vec::new();
         for _ in 0..MAX_READS_IN_FLIGHT {
             open.push(registry.read_blob(&info.digest, None).await.unwrap());
@@ -707,15 +713,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_newer_than_the_cluster_version_is_never_proposed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
-        let blobs = FsBlobStore::open(&dir.path().join("blobs"), 1).unwrap();
-        let meta = Arc::new(StuckMeta {
-            db,
-            waiting: AtomicUsize::new(0),
-            _dir: dir,
-        });
-        let registry = Registry::new(meta.clone(), blobs, 1, false, Arc::new(|_| {}));
+        let (registry, meta) = stuck_registry();
         // A fresh state runs the base cluster version; package commands need version 5.
         let update = wharf_meta::packages::PackageUpdate {
             repo: RepoName::new("js").unwrap(),
@@ -741,15 +739,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_beyond_the_in_flight_bound_get_too_many_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).unwrap());
-        let blobs = FsBlobStore::open(&dir.path().join("blobs"), 1).unwrap();
-        let meta = Arc::new(StuckMeta {
-            db,
-            waiting: AtomicUsize::new(0),
-            _dir: dir,
-        });
-        let registry = Registry::new(meta.clone(), blobs, 1, false, Arc::new(|_| {}));
+        let (registry, meta) = stuck_registry();
         let settings = RepoSettings {
             format: wharf_types::Format::Oci,
             immutable: false,

@@ -15,15 +15,18 @@ fn every_bench_scenario_runs_against_wharf() {
         "wharf-bench",
         "cargo build --release -p wharf-bench",
     );
-    let runs: &[(&str, &str, &str, &str)] = &[
-        ("blob-push", "1MiB", "2", "6"),
-        ("blob-pull", "1MiB", "2", "6"),
-        ("blob-head", "1KiB", "8", "200"),
-        ("manifest-get", "1KiB", "8", "200"),
-        ("manifest-head", "1KiB", "8", "200"),
-        ("tag-commit", "1KiB", "4", "40"),
+    let few = ["--versions", "5"];
+    let runs: &[(&str, &str, &str, &str, &[&str])] = &[
+        ("blob-push", "1MiB", "2", "6", &[]),
+        ("blob-pull", "1MiB", "2", "6", &[]),
+        ("blob-head", "1KiB", "8", "200", &[]),
+        ("manifest-get", "1KiB", "8", "200", &[]),
+        ("manifest-head", "1KiB", "8", "200", &[]),
+        ("tag-commit", "1KiB", "4", "40", &[]),
+        ("npm-packument", "1KiB", "8", "200", &few),
+        ("pypi-simple", "1KiB", "8", "200", &few),
     ];
-    for (scenario, size, clients, ops) in runs {
+    for (scenario, size, clients, ops, extra) in runs {
         eprintln!("--- wharf-bench {scenario}");
         let out = Command::new(&bench)
             .args([
@@ -44,6 +47,7 @@ fn every_bench_scenario_runs_against_wharf() {
                 "--json",
             ])
             .args(["--server-pid", &server.pid().to_string()])
+            .args(*extra)
             .output()
             .unwrap();
         assert!(
