@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use wharf_testkit::netlab::NetLab;
 
 use crate::ocihttp::OciHttp;
+use crate::powercut::LazyFsMount;
 use crate::server::{free_addr, signal, wharf_bin};
 
 const REGIONS: [&str; 5] = ["us-east", "eu-west", "ap-south", "sa-east", "af-south"];
@@ -40,6 +41,12 @@ pub struct ClusterOpts {
     /// so the network between nodes can be cut. Needs root, `ip` and `nft`, and `tls: true`:
     /// plaintext between nodes is allowed only on loopback.
     pub netlab: bool,
+    /// Environment of every `wharf serve` process (`LD_PRELOAD` of libfaketime, a planted
+    /// bug, ...). A value may contain `{dir}`, replaced by the member's directory.
+    pub node_env: Vec<(String, String)>,
+    /// Each member's data dir on a `wharf-lazyfs` mount (backing dir `<member>/backing`), so
+    /// that [`TestCluster::power_cut`] can drop every write it did not fsync.
+    pub lazyfs: bool,
 }
 
 impl Default for ClusterOpts {
@@ -51,6 +58,8 @@ impl Default for ClusterOpts {
             extra_config: String::new(),
             heartbeat_ms: 100,
             netlab: false,
+            node_env: Vec::new(),
+            lazyfs: false,
         }
     }
 }
@@ -65,6 +74,8 @@ pub struct Member {
     pub client: String,
     pub cluster: String,
     child: Option<Child>,
+    /// The FUSE layer under the data dir, with [`ClusterOpts::lazyfs`].
+    lazyfs: Option<LazyFsMount>,
 }
 
 impl Member {
@@ -91,6 +102,27 @@ impl Member {
 
     fn config_path(&self) -> PathBuf {
         self.dir.join("wharf.toml")
+    }
+
+    /// The PID of its `wharf serve` process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where its data lives (the lazyfs mount point with [`ClusterOpts::lazyfs`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn mount_lazyfs(&mut self) {
+        let backing = self.dir.join("backing");
+        std::fs::create_dir_all(&backing).unwrap();
+        std::fs::create_dir_all(self.data_dir()).unwrap();
+        self.lazyfs = Some(LazyFsMount::mount(
+            &backing,
+            &self.data_dir(),
+            &self.dir.join("lazyfs.log"),
+        ));
     }
 }
 
@@ -172,14 +204,18 @@ impl TestCluster {
             }
             None => (free_addr(), free_addr()),
         };
-        let member = Member {
+        let mut member = Member {
             index,
             node_id: 0,
             dir,
             client,
             cluster,
             child: None,
+            lazyfs: None,
         };
+        if self.opts.lazyfs {
+            member.mount_lazyfs();
+        }
         let join = join
             .map(|a| format!("join = \"{a}\"\n"))
             .unwrap_or_default();
@@ -237,6 +273,10 @@ impl TestCluster {
             .stderr(log);
         if let Some(token) = token {
             command.env("WHARF_JOIN_TOKEN", token);
+        }
+        let dir = m.dir.to_string_lossy().into_owned();
+        for (key, value) in &self.opts.node_env {
+            command.env(key, value.replace("{dir}", &dir));
         }
         m.child = Some(command.spawn().unwrap());
     }
@@ -384,6 +424,21 @@ impl TestCluster {
         signal(child.id(), sig);
     }
 
+    /// Power loss of member `i`: kill -9, then every write its data dir did not fsync is
+    /// dropped (needs [`ClusterOpts::lazyfs`]); the member stays down until
+    /// [`TestCluster::restart`].
+    pub fn power_cut(&mut self, i: usize) {
+        self.kill9(i);
+        let m = &mut self.members[i];
+        let mut mount = m
+            .lazyfs
+            .take()
+            .expect("a power cut needs ClusterOpts { lazyfs: true, .. }");
+        mount.power_cut();
+        drop(mount);
+        m.mount_lazyfs();
+    }
+
     /// SIGTERM member `i` and wait for it to exit.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
@@ -396,6 +451,17 @@ impl TestCluster {
     pub fn restart(&mut self, i: usize) {
         self.spawn(i, None);
         self.wait_ready(i);
+    }
+
+    /// Starts the members `list` again at once and waits until each is ready (a member alone
+    /// cannot become ready when the others it needs for a leader are down too).
+    pub fn restart_many(&mut self, list: &[usize]) {
+        for &i in list {
+            self.spawn(i, None);
+        }
+        for &i in list {
+            self.wait_ready(i);
+        }
     }
 
     /// Starts member `i` and returns its exit output instead of waiting for readiness (for
@@ -525,6 +591,12 @@ impl TestCluster {
         self.lab().cut(self.members[a].index, self.members[b].index);
     }
 
+    /// Drops everything member `from` sends to member `to` (the other way still works).
+    pub fn cut_one_way(&self, from: usize, to: usize) {
+        self.lab()
+            .cut_one_way(self.members[from].index, self.members[to].index);
+    }
+
     /// Restores every link between members.
     pub fn heal(&self) {
         self.lab().heal();
@@ -538,6 +610,8 @@ impl Drop for TestCluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            // Unmounted before the temporary directory under it is removed.
+            drop(m.lazyfs.take());
         }
     }
 }

@@ -234,12 +234,17 @@ impl NetLab {
         format!("wl-{}-hub", self.id)
     }
 
-    /// `ip netns exec <namespace of i> <program>`: add arguments and spawn. `ip` execs the
-    /// program, so the child's PID is the program's own and signals reach it directly.
+    /// `nsenter --net=/run/netns/<namespace of i> -- <program>`: add arguments and spawn.
+    /// `nsenter` execs the program, so the child's PID is the program's own and signals reach
+    /// it directly. Only the network namespace is entered: `ip netns exec` would also give the
+    /// program a mount namespace of its own, holding a copy of every mount of that moment —
+    /// a FUSE mount of another node's data dir among them, which then outlives its unmount
+    /// (and a power cut of it never completes).
     pub fn command(&self, i: usize, program: impl AsRef<OsStr>) -> Command {
-        let mut command = Command::new("ip");
+        let mut command = Command::new("nsenter");
         command
-            .args(["netns", "exec", &self.namespace(i)])
+            .arg(format!("--net=/run/netns/{}", self.namespace(i)))
+            .arg("--")
             .arg(program);
         command
     }
@@ -348,7 +353,9 @@ impl NetLab {
         }
     }
 
-    fn cut_pairs(&self, pairs: &[(usize, usize)]) {
+    /// Drops every frame from `from` to `to` for each pair (one way each); the rules add up
+    /// until [`NetLab::heal`].
+    pub fn cut_pairs(&self, pairs: &[(usize, usize)]) {
         let mut script = String::from(
             "add table bridge netlab\n\
              add chain bridge netlab cut { type filter hook forward priority 0; policy accept; }\n",

@@ -1,0 +1,92 @@
+//! What the harness observed of the cluster itself after heal: whether every node came to
+//! hold every acknowledged blob without being asked for it (DESIGN.md §1.2, the replication
+//! policy `all-regions`), and whether the state machines agree (DESIGN.md §1.1).
+
+use serde::{Deserialize, Serialize};
+
+use super::Verdict;
+
+/// How long after heal every node must hold every acknowledged blob.
+pub const CONVERGENCE_LIMIT_S: f64 = 60.0;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Observations {
+    pub nodes: usize,
+    pub convergence: Vec<Convergence>,
+    pub state_hashes: Vec<StateHash>,
+}
+
+/// One node's holdings after heal, checked on its disk (no read goes through it first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Convergence {
+    pub node: usize,
+    /// Blobs it had to hold.
+    pub expected: usize,
+    /// Seconds after heal until it held all of them; None if it never did.
+    pub seconds: Option<f64>,
+    /// What it still lacked when the harness stopped waiting.
+    pub missing: Vec<String>,
+}
+
+/// `GET /api/v1/cluster/state-hash` of one node once the applied indexes were equal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateHash {
+    pub node: usize,
+    pub applied_index: u64,
+    pub sha256: String,
+}
+
+pub fn convergence(obs: &Observations) -> Verdict {
+    let mut verdict = Verdict::new("holdings-converge");
+    for c in &obs.convergence {
+        match c.seconds {
+            Some(s) if s <= CONVERGENCE_LIMIT_S => {}
+            _ => verdict.violation(format!(
+                "node {} lacked {} of {} acknowledged blobs {CONVERGENCE_LIMIT_S} s after heal \
+                 (e.g. {})",
+                c.node,
+                c.missing.len(),
+                c.expected,
+                c.missing.first().map(String::as_str).unwrap_or("?")
+            )),
+        }
+    }
+    let slowest = obs
+        .convergence
+        .iter()
+        .filter_map(|c| c.seconds)
+        .fold(0.0, f64::max);
+    verdict.count("nodes", obs.convergence.len() as u64);
+    verdict.count("slowest-ms", (slowest * 1000.0) as u64);
+    verdict.require_some("nodes observed", obs.convergence.len() as u64);
+    verdict
+}
+
+pub fn state_hashes(obs: &Observations) -> Verdict {
+    let mut verdict = Verdict::new("state-hashes-equal");
+    if let Some(first) = obs.state_hashes.first() {
+        for h in &obs.state_hashes[1..] {
+            if h.applied_index != first.applied_index {
+                verdict.violation(format!(
+                    "node {} stayed at applied index {} while node {} is at {}",
+                    h.node, h.applied_index, first.node, first.applied_index
+                ));
+            } else if h.sha256 != first.sha256 {
+                verdict.violation(format!(
+                    "at applied index {}, node {} hashes to {} and node {} to {}",
+                    h.applied_index, h.node, h.sha256, first.node, first.sha256
+                ));
+            }
+        }
+        verdict.count("applied-index", first.applied_index);
+    }
+    if obs.state_hashes.len() < obs.nodes {
+        verdict.violation(format!(
+            "only {} of {} nodes reported a state hash",
+            obs.state_hashes.len(),
+            obs.nodes
+        ));
+    }
+    verdict.count("nodes", obs.state_hashes.len() as u64);
+    verdict
+}

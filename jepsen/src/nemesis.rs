@@ -1,0 +1,336 @@
+//! Faults, and the seeded schedule that mixes them.
+//!
+//! A schedule is a list of steps: inject a fault, hold it, heal it, then a quiet (fault-free)
+//! phase. Every fault is healed at the end of its step, and the run heals everything once more
+//! before the final reads.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use wharf_tests::cluster::TestCluster;
+
+/// libfaketime, preloaded into every node so that its wall clock can be moved while it runs
+/// (monotonic time stays untouched: timers and elections are unaffected).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// The file (in each member's directory) libfaketime reads its offset from.
+pub const SKEW_FILE: &str = "faketime.rc";
+
+/// The fault families, by the name `--faults` takes.
+pub const FAMILIES: &[&str] = &[
+    "partition-one",
+    "partition-halves",
+    "partition-bridge",
+    "partition-ring",
+    "partition-one-way",
+    "kill",
+    "pause",
+    "power-loss",
+    "power-loss-all",
+    "clock-skew",
+    "bitflip",
+];
+
+/// One fault. Members are 0-based positions in the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "kebab-case")]
+pub enum Fault {
+    /// One member cut off from all others, both ways.
+    PartitionOne { node: usize },
+    /// The members in `minority` cut off from the rest, both ways.
+    PartitionHalves { minority: Vec<usize> },
+    /// Two halves that cannot talk, and one `bridge` member that sees both.
+    PartitionBridge {
+        bridge: usize,
+        a: Vec<usize>,
+        b: Vec<usize>,
+    },
+    /// Every member sees only its ring neighbours: each sees a majority, no two the same one
+    /// (5 members), or each sees one neighbour (3 members).
+    PartitionRing { order: Vec<usize> },
+    /// Everything `node` sends to the others is dropped; it still hears them.
+    PartitionOneWay { node: usize },
+    /// kill -9, restarted at heal.
+    Kill { node: usize },
+    /// SIGSTOP, SIGCONT at heal.
+    Pause { node: usize },
+    /// kill -9 and every write not fsync'd dropped, on each of `nodes` at once (one member, or
+    /// all of them: a site losing power); restarted at heal.
+    PowerLoss { nodes: Vec<usize> },
+    /// The member's wall clock moved by `seconds` (monotonic time untouched).
+    ClockSkew { node: usize, seconds: i64 },
+    /// One byte flipped in up to 3 stored blob files on each of `nodes` (a minority).
+    Bitflip { nodes: Vec<usize> },
+}
+
+/// Who a fault targets: a random member, or whoever leads when it starts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    Random,
+    Leader,
+}
+
+/// One step of a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub family: String,
+    pub target: Target,
+    /// How long the fault is held.
+    pub hold_ms: u64,
+    /// The fault-free phase after it is healed.
+    pub quiet_ms: u64,
+}
+
+/// Builds a seeded schedule: every family in `families` once (shuffled), then random families
+/// until `total` is used up.
+pub fn schedule(seed: u64, families: &[String], total: Duration, hold: Duration) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let hold_ms = hold.as_millis() as u64;
+    let mut order: Vec<String> = families.to_vec();
+    order.shuffle(&mut rng);
+    let mut steps = Vec::new();
+    let mut used = 0u64;
+    let total_ms = total.as_millis() as u64;
+    let mut i = 0;
+    while i < order.len() || used + 2 * hold_ms <= total_ms {
+        let family = if i < order.len() {
+            order[i].clone()
+        } else {
+            families[rng.random_range(0..families.len())].clone()
+        };
+        i += 1;
+        let step = Step {
+            family,
+            target: if rng.random_bool(0.5) {
+                Target::Leader
+            } else {
+                Target::Random
+            },
+            hold_ms: hold_ms / 2 + rng.random_range(0..=hold_ms),
+            quiet_ms: hold_ms / 2 + rng.random_range(0..=hold_ms / 2),
+        };
+        used += step.hold_ms + step.quiet_ms;
+        steps.push(step);
+        if i >= order.len() && used >= total_ms {
+            break;
+        }
+    }
+    steps
+}
+
+/// Picks the concrete fault of `step` for a cluster of `n` members.
+pub fn concretize(step: &Step, n: usize, leader: Option<usize>, rng: &mut StdRng) -> Fault {
+    let target = match (step.target, leader) {
+        (Target::Leader, Some(l)) => l,
+        _ => rng.random_range(0..n),
+    };
+    let mut others: Vec<usize> = (0..n).filter(|&i| i != target).collect();
+    others.shuffle(rng);
+    let minority_size = (n - 1) / 2;
+    match step.family.as_str() {
+        "partition-one" => Fault::PartitionOne { node: target },
+        "partition-halves" => {
+            let mut minority = vec![target];
+            minority.extend(others.iter().take(minority_size.saturating_sub(1)));
+            Fault::PartitionHalves { minority }
+        }
+        "partition-bridge" => {
+            let half = others.len() / 2;
+            Fault::PartitionBridge {
+                bridge: target,
+                a: others[..half].to_vec(),
+                b: others[half..].to_vec(),
+            }
+        }
+        "partition-ring" => {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(rng);
+            Fault::PartitionRing { order }
+        }
+        "partition-one-way" => Fault::PartitionOneWay { node: target },
+        "kill" => Fault::Kill { node: target },
+        "pause" => Fault::Pause { node: target },
+        "power-loss" => Fault::PowerLoss {
+            nodes: vec![target],
+        },
+        "power-loss-all" => Fault::PowerLoss {
+            nodes: (0..n).collect(),
+        },
+        "clock-skew" => Fault::ClockSkew {
+            node: target,
+            seconds: if rng.random_bool(0.5) { -1 } else { 1 } * rng.random_range(30..600),
+        },
+        "bitflip" => {
+            let mut nodes = vec![target];
+            nodes.extend(others.iter().take(minority_size.saturating_sub(1)));
+            Fault::Bitflip { nodes }
+        }
+        other => unreachable!("no fault family {other}"),
+    }
+}
+
+/// Puts `fault` in place. Returns a description of what was done.
+pub fn inject(cluster: &mut TestCluster, fault: &Fault, rng: &mut StdRng) -> String {
+    match fault {
+        Fault::PartitionOne { node } => {
+            cluster.isolate(*node);
+            format!("node {} isolated", node + 1)
+        }
+        Fault::PartitionHalves { minority } => {
+            let n = cluster.members.len();
+            for &a in minority {
+                for b in (0..n).filter(|b| !minority.contains(b)) {
+                    cluster.cut(a, b);
+                }
+            }
+            format!("{} cut off from the rest", names(minority))
+        }
+        Fault::PartitionBridge { bridge, a, b } => {
+            for &x in a {
+                for &y in b {
+                    cluster.cut(x, y);
+                }
+            }
+            format!(
+                "{} | {} with node {} bridging",
+                names(a),
+                names(b),
+                bridge + 1
+            )
+        }
+        Fault::PartitionRing { order } => {
+            let n = order.len();
+            // 5+ members: each sees its two ring neighbours only (itself and two others, a
+            // majority of 5, and no two the same majority). 3 members: one ring link is cut,
+            // so the ends each see one neighbour.
+            for p in 0..n {
+                for q in p + 1..n {
+                    let distance = (q - p).min(n - (q - p));
+                    let cut = if n >= 5 {
+                        distance >= 2
+                    } else {
+                        p == 0 && q == n - 1
+                    };
+                    if cut {
+                        cluster.cut(order[p], order[q]);
+                    }
+                }
+            }
+            format!("ring {}", names(order))
+        }
+        Fault::PartitionOneWay { node } => {
+            for other in (0..cluster.members.len()).filter(|o| o != node) {
+                cluster.cut_one_way(*node, other);
+            }
+            format!("node {} cannot send to the others", node + 1)
+        }
+        Fault::Kill { node } => {
+            cluster.kill9(*node);
+            format!("node {} killed (-9)", node + 1)
+        }
+        Fault::Pause { node } => {
+            cluster.signal(*node, "STOP");
+            format!("node {} paused (SIGSTOP)", node + 1)
+        }
+        Fault::PowerLoss { nodes } => {
+            for &node in nodes {
+                cluster.kill9(node);
+            }
+            for &node in nodes {
+                cluster.power_cut(node);
+            }
+            format!("{} lost power (unsynced writes dropped)", names(nodes))
+        }
+        Fault::ClockSkew { node, seconds } => {
+            set_skew(&cluster.members[*node].dir, *seconds);
+            format!("node {} clock {seconds:+} s", node + 1)
+        }
+        Fault::Bitflip { nodes } => {
+            let mut flipped = Vec::new();
+            for &node in nodes {
+                let blobs = blob_files(&cluster.members[node].data_dir());
+                for path in blobs.choose_multiple(rng, 3) {
+                    if flip_byte(path, rng).is_ok() {
+                        flipped.push(format!(
+                            "node {}: {}",
+                            node + 1,
+                            path.file_name().unwrap_or_default().to_string_lossy()
+                        ));
+                    }
+                }
+            }
+            format!("flipped a byte in {}", flipped.join(", "))
+        }
+    }
+}
+
+/// Undoes `fault`: heals the network, resumes, restarts, resets the clock. Bit flips stay
+/// (the registry has to notice and repair them).
+pub fn heal(cluster: &mut TestCluster, fault: &Fault) {
+    match fault {
+        Fault::PartitionOne { .. }
+        | Fault::PartitionHalves { .. }
+        | Fault::PartitionBridge { .. }
+        | Fault::PartitionRing { .. }
+        | Fault::PartitionOneWay { .. } => cluster.heal(),
+        Fault::Kill { node } => cluster.restart(*node),
+        Fault::PowerLoss { nodes } => cluster.restart_many(nodes),
+        Fault::Pause { node } => cluster.signal(*node, "CONT"),
+        Fault::ClockSkew { node, .. } => set_skew(&cluster.members[*node].dir, 0),
+        Fault::Bitflip { .. } => {}
+    }
+}
+
+/// Writes a member's clock offset for libfaketime (read again within a second).
+pub fn set_skew(member_dir: &Path, seconds: i64) {
+    let _ = std::fs::write(member_dir.join(SKEW_FILE), format!("{seconds:+}s\n"));
+}
+
+/// The blob files of a node's data dir.
+pub fn blob_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let root = data_dir.join("blobs/sha256");
+    for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(prefix.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = file.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn flip_byte(path: &Path, rng: &mut StdRng) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let at = rng.random_range(0..len);
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(at))?;
+    file.read_exact(&mut byte)?;
+    byte[0] ^= 1 << rng.random_range(0..8);
+    file.seek(SeekFrom::Start(at))?;
+    file.write_all(&byte)
+}
+
+fn names(nodes: &[usize]) -> String {
+    let list: Vec<String> = nodes.iter().map(|n| (n + 1).to_string()).collect();
+    format!("[{}]", list.join(" "))
+}

@@ -1,0 +1,266 @@
+//! One run: bring the cluster up in the network lab, run the workers while the nemesis works
+//! through its schedule, heal, observe convergence, read everything back, compare state
+//! hashes, and leave the history and the observations in the results folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::Value;
+use wharf_tests::cluster::{ClusterOpts, TestCluster};
+
+use crate::checker::{CONVERGENCE_LIMIT_S, Convergence, Observations, StateHash};
+use crate::history::{Kind, Recorder};
+use crate::nemesis::{self, Fault, LIBFAKETIME, SKEW_FILE, Step};
+use crate::workload::Workloads;
+
+/// What a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub seed: u64,
+    pub nodes: usize,
+    pub workers: u64,
+    /// Time with faults (the setup and the final phase come on top).
+    pub duration: Duration,
+    /// How long a fault is held, on average.
+    pub hold: Duration,
+    pub families: Vec<String>,
+    pub workloads: Vec<&'static str>,
+    pub planted: Option<String>,
+    pub out: PathBuf,
+}
+
+/// The raft and replication settings of the lab cluster: snapshots often (to exercise
+/// install-snapshot after a node was away), the scrubber every few seconds (to repair flipped
+/// bytes within the run).
+const EXTRA_CONFIG: &str = "\n[replication]\nscrub_interval_secs = 5\n";
+
+pub fn run(plan: &Plan) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&plan.out)?;
+    let schedule = nemesis::schedule(plan.seed, &plan.families, plan.duration, plan.hold);
+    std::fs::write(
+        plan.out.join("schedule.json"),
+        serde_json::to_string_pretty(&schedule)?,
+    )?;
+    let uses = |f: &str| plan.families.iter().any(|x| x == f);
+    let mut node_env = Vec::new();
+    if uses("clock-skew") {
+        anyhow::ensure!(
+            Path::new(LIBFAKETIME).is_file(),
+            "the clock-skew nemesis needs libfaketime at {LIBFAKETIME}: apt-get install -y \
+             faketime (or run scripts/install-test-tools)"
+        );
+        for (k, v) in [
+            ("LD_PRELOAD", LIBFAKETIME.to_string()),
+            ("FAKETIME_TIMESTAMP_FILE", format!("{{dir}}/{SKEW_FILE}")),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+            ("FAKETIME_CACHE_DURATION", "1".into()),
+        ] {
+            node_env.push((k.to_string(), v));
+        }
+    }
+    if let Some(bug) = &plan.planted {
+        node_env.push(("WHARF_PLANTED_BUG".into(), bug.clone()));
+    }
+    println!(
+        "jepsen: {} nodes, seed {}, {} steps of faults, results in {}",
+        plan.nodes,
+        plan.seed,
+        schedule.len(),
+        plan.out.display()
+    );
+    let mut cluster = TestCluster::start(
+        plan.nodes,
+        ClusterOpts {
+            netlab: true,
+            tls: true,
+            lazyfs: uses("power-loss") || uses("power-loss-all"),
+            node_env,
+            snapshot_every_entries: 2000,
+            log_entries_kept: 1000,
+            extra_config: EXTRA_CONFIG.into(),
+            ..ClusterOpts::default()
+        },
+    );
+    cluster.wait_for_cluster_version();
+    let urls: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
+    let workloads = Workloads::new(urls, plan.seed);
+    workloads.setup()?;
+    let recorder = Recorder::create(&plan.out.join("history.jsonl"))?;
+    let stop = AtomicBool::new(false);
+    let mut rng = StdRng::seed_from_u64(plan.seed.rotate_left(17));
+
+    let observations = std::thread::scope(|scope| {
+        for w in 0..plan.workers {
+            let (workloads, recorder, stop) = (&workloads, &recorder, &stop);
+            scope.spawn(move || workloads.worker(recorder, w, plan.seed, &plan.workloads, stop));
+        }
+        // The workers stop however the nemesis ends (a panic included: the scope would
+        // otherwise wait for them forever).
+        let _stop_workers = StopOnDrop(&stop);
+        // A fault-free start, then the schedule.
+        std::thread::sleep(plan.hold / 2);
+        for step in &schedule {
+            run_step(&mut cluster, &recorder, step, &mut rng);
+        }
+        stop.store(true, Ordering::Relaxed);
+        Ok::<_, anyhow::Error>(())
+    });
+    observations?;
+    recorder.flush();
+    println!("jepsen: faults done; healing and checking convergence");
+    let observations = finale(&mut cluster, &workloads, &recorder, plan);
+    recorder.flush();
+    std::fs::write(
+        plan.out.join("observations.json"),
+        serde_json::to_string_pretty(&observations)?,
+    )?;
+    save_logs(&cluster, &plan.out);
+    drop(cluster);
+    Ok(())
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Injects one fault, holds it, heals it, and waits out the quiet phase.
+fn run_step(cluster: &mut TestCluster, recorder: &Recorder, step: &Step, rng: &mut StdRng) {
+    let leader = leader_of(cluster);
+    let fault = nemesis::concretize(step, cluster.members.len(), leader, rng);
+    recorder.nemesis(Kind::Invoke, &step.family, "");
+    let detail = nemesis::inject(cluster, &fault, rng);
+    println!("jepsen: {} — {detail}", step.family);
+    recorder.nemesis(Kind::Ok, &step.family, &detail);
+    std::thread::sleep(Duration::from_millis(step.hold_ms));
+    recorder.nemesis(Kind::Invoke, "heal", step.family.as_str());
+    nemesis::heal(cluster, &fault);
+    recorder.nemesis(Kind::Ok, "heal", step.family.as_str());
+    if matches!(fault, Fault::PowerLoss { .. } | Fault::Kill { .. }) {
+        println!("jepsen: restarted");
+    }
+    std::thread::sleep(Duration::from_millis(step.quiet_ms));
+}
+
+/// The member every running node names as leader, if they name one.
+fn leader_of(cluster: &TestCluster) -> Option<usize> {
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .ok()?;
+    for m in cluster.running() {
+        let v: Value = client
+            .get(format!("{}/api/v1/cluster", m.url()))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        if let Some(id) = v["leader"].as_u64() {
+            return cluster.members.iter().position(|m| m.node_id == id);
+        }
+    }
+    None
+}
+
+/// After the schedule: every node up and connected, then the observations and final reads.
+fn finale(
+    cluster: &mut TestCluster,
+    workloads: &Workloads,
+    recorder: &Recorder,
+    plan: &Plan,
+) -> Observations {
+    cluster.heal();
+    let healed = Instant::now();
+    let mut observations = Observations {
+        nodes: cluster.members.len(),
+        ..Observations::default()
+    };
+    // Convergence is looked at on disk before anything is read: no read-through helps.
+    let expected = workloads.blobs_to_converge();
+    for i in 0..cluster.members.len() {
+        observations.convergence.push(Convergence {
+            node: i + 1,
+            expected: expected.len(),
+            seconds: None,
+            missing: expected.clone(),
+        });
+    }
+    let limit = Duration::from_secs_f64(CONVERGENCE_LIMIT_S);
+    loop {
+        for (i, m) in cluster.members.iter().enumerate() {
+            let c = &mut observations.convergence[i];
+            if c.seconds.is_some() {
+                continue;
+            }
+            let data = m.data_dir();
+            c.missing.retain(|digest| !holds_intact(&data, digest));
+            if c.missing.is_empty() {
+                c.seconds = Some(healed.elapsed().as_secs_f64());
+            }
+        }
+        if observations.convergence.iter().all(|c| c.seconds.is_some()) || healed.elapsed() > limit
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("jepsen: final reads on every node");
+    workloads.final_reads(recorder, &plan.workloads);
+    observations.state_hashes = settled_state_hashes(cluster);
+    observations
+}
+
+/// Whether a node's data dir holds `digest` with the right bytes.
+fn holds_intact(data_dir: &Path, digest: &str) -> bool {
+    let hex = digest.trim_start_matches("sha256:");
+    let path = data_dir.join("blobs/sha256").join(&hex[..2]).join(hex);
+    match std::fs::read(&path) {
+        Ok(bytes) => crate::client::digest_of(&bytes) == digest,
+        Err(_) => false,
+    }
+}
+
+/// Waits (≤ 60 s) until every node reports the same applied index, then returns their hashes.
+fn settled_state_hashes(cluster: &TestCluster) -> Vec<StateHash> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let hashes: Vec<StateHash> = (0..cluster.members.len())
+            .filter_map(|i| {
+                let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cluster.state_hash_report(i)
+                }))
+                .ok()?;
+                Some(StateHash {
+                    node: i + 1,
+                    applied_index: v["applied_index"].as_u64()?,
+                    sha256: v["sha256"].as_str()?.to_string(),
+                })
+            })
+            .collect();
+        let settled = hashes.len() == cluster.members.len()
+            && hashes
+                .iter()
+                .all(|h| h.applied_index == hashes[0].applied_index);
+        if settled || Instant::now() > deadline {
+            return hashes;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Copies every node's log into `<out>/logs/`.
+fn save_logs(cluster: &TestCluster, out: &Path) {
+    let dir = out.join("logs");
+    let _ = std::fs::create_dir_all(&dir);
+    for m in &cluster.members {
+        let _ = std::fs::write(dir.join(format!("node{}.log", m.index)), m.log());
+    }
+}
