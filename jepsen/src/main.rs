@@ -66,7 +66,7 @@ struct Args {
     /// Workloads to run (comma-separated; default: all).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Client worker threads (default: 2 per node).
+    /// Client worker threads (default: 3 per node).
     #[arg(long)]
     workers: Option<u64>,
     /// Where results folders go (default: <target>/jepsen).
@@ -186,7 +186,7 @@ fn main_result(args: Args) -> anyhow::Result<bool> {
     let plan = run::Plan {
         seed,
         nodes: args.nodes,
-        workers: args.workers.unwrap_or(2 * args.nodes as u64),
+        workers: args.workers.unwrap_or(3 * args.nodes as u64),
         duration: Duration::from_secs(time),
         hold,
         families: faults,

@@ -11,7 +11,9 @@ use rand::rngs::StdRng;
 use serde_json::Value;
 use wharf_tests::cluster::{ClusterOpts, TestCluster};
 
-use crate::checker::{CONVERGENCE_LIMIT_S, Convergence, Observations, StateHash};
+use crate::checker::{
+    CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, MIN_COPIES, Observations, StateHash,
+};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, LIBFAKETIME, SKEW_FILE, Step};
 use crate::workload::Workloads;
@@ -92,6 +94,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
     let stop = AtomicBool::new(false);
     let mut rng = StdRng::seed_from_u64(plan.seed.rotate_left(17));
 
+    let mut durability = Vec::new();
     let observations = std::thread::scope(|scope| {
         for w in 0..plan.workers {
             let (workloads, recorder, stop) = (&workloads, &recorder, &stop);
@@ -103,7 +106,9 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
         // A fault-free start, then the schedule.
         std::thread::sleep(plan.hold / 2);
         for step in &schedule {
-            run_step(&mut cluster, &recorder, step, &mut rng);
+            if let Some(check) = run_step(&mut cluster, &workloads, &recorder, step, &mut rng) {
+                durability.push(check);
+            }
         }
         stop.store(true, Ordering::Relaxed);
         Ok::<_, anyhow::Error>(())
@@ -111,7 +116,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
     observations?;
     recorder.flush();
     println!("jepsen: faults done; healing and checking convergence");
-    let observations = finale(&mut cluster, &workloads, &recorder, plan);
+    let mut observations = finale(&mut cluster, &workloads, &recorder, plan);
+    observations.durability = durability;
     recorder.flush();
     std::fs::write(
         plan.out.join("observations.json"),
@@ -131,12 +137,27 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// Injects one fault, holds it, heals it, and waits out the quiet phase.
-fn run_step(cluster: &mut TestCluster, recorder: &Recorder, step: &Step, rng: &mut StdRng) {
+/// Injects one fault, holds it, heals it, and waits out the quiet phase. After a power cut of
+/// every node, returns how many durable copies each acknowledged blob kept.
+fn run_step(
+    cluster: &mut TestCluster,
+    workloads: &Workloads,
+    recorder: &Recorder,
+    step: &Step,
+    rng: &mut StdRng,
+) -> Option<DurabilityCheck> {
     let leader = leader_of(cluster);
     let fault = nemesis::concretize(step, cluster.members.len(), leader, rng);
     recorder.nemesis(Kind::Invoke, &step.family, "");
+    // Everything acknowledged before the cut must survive it on min_copies nodes.
+    let acked_before = workloads.blobs_to_converge();
     let detail = nemesis::inject(cluster, &fault, rng);
+    let check = match &fault {
+        Fault::PowerLoss { nodes } if nodes.len() == cluster.members.len() => Some(
+            count_durable_copies(cluster, &acked_before, recorder.now_ms()),
+        ),
+        _ => None,
+    };
     println!("jepsen: {} — {detail}", step.family);
     recorder.nemesis(Kind::Ok, &step.family, &detail);
     std::thread::sleep(Duration::from_millis(step.hold_ms));
@@ -147,6 +168,28 @@ fn run_step(cluster: &mut TestCluster, recorder: &Recorder, step: &Step, rng: &m
         println!("jepsen: restarted");
     }
     std::thread::sleep(Duration::from_millis(step.quiet_ms));
+    check
+}
+
+/// After every node lost power (and before any restarted): how many nodes' disks still hold
+/// each blob acknowledged before the cut, with the right bytes.
+fn count_durable_copies(cluster: &TestCluster, acked: &[String], at_ms: f64) -> DurabilityCheck {
+    let mut under = Vec::new();
+    for digest in acked {
+        let copies = cluster
+            .members
+            .iter()
+            .filter(|m| holds_intact(&m.data_dir(), digest))
+            .count();
+        if copies < MIN_COPIES {
+            under.push((digest.clone(), copies));
+        }
+    }
+    DurabilityCheck {
+        at_ms,
+        checked: acked.len(),
+        under_replicated: under,
+    }
 }
 
 /// The member every running node names as leader, if they name one.

@@ -14,6 +14,22 @@ pub struct Observations {
     pub nodes: usize,
     pub convergence: Vec<Convergence>,
     pub state_hashes: Vec<StateHash>,
+    /// One per power cut of every node.
+    #[serde(default)]
+    pub durability: Vec<DurabilityCheck>,
+}
+
+/// `durability.min_copies` of the lab's nodes (the default once there are 2+ members).
+pub const MIN_COPIES: usize = 2;
+
+/// The disks right after every node lost power, before any restarted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DurabilityCheck {
+    pub at_ms: f64,
+    /// Blobs acknowledged before the cut.
+    pub checked: usize,
+    /// Those left on fewer than [`MIN_COPIES`] disks, with how many they were left on.
+    pub under_replicated: Vec<(String, usize)>,
 }
 
 /// One node's holdings after heal, checked on its disk (no read goes through it first).
@@ -59,6 +75,26 @@ pub fn convergence(obs: &Observations) -> Verdict {
     verdict.count("nodes", obs.convergence.len() as u64);
     verdict.count("slowest-ms", (slowest * 1000.0) as u64);
     verdict.require_some("nodes observed", obs.convergence.len() as u64);
+    verdict
+}
+
+/// DESIGN.md §1.2: an acknowledged blob is fsync'd on `min_copies` nodes, so a power cut of
+/// every node leaves it on at least that many disks.
+pub fn durable_copies(obs: &Observations) -> Verdict {
+    let mut verdict = Verdict::new("durable-copies");
+    for check in &obs.durability {
+        for (digest, copies) in &check.under_replicated {
+            verdict.violation(format!(
+                "after every node lost power at {:.0} ms, acknowledged {digest} was left on                  {copies} disk(s), fewer than min_copies = {MIN_COPIES}",
+                check.at_ms
+            ));
+        }
+    }
+    verdict.count("power-cuts", obs.durability.len() as u64);
+    verdict.count(
+        "blobs-checked",
+        obs.durability.iter().map(|c| c.checked as u64).sum(),
+    );
     verdict
 }
 

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::history::{Event, Op, operations};
 
 pub use availability::phases as availability_phases;
-pub use cluster::{CONVERGENCE_LIMIT_S, Convergence, Observations, StateHash};
+pub use cluster::{
+    CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, MIN_COPIES, Observations, StateHash,
+};
 
 /// At most this many violations are listed per checker (the count is always complete).
 const LISTED: usize = 20;
@@ -97,6 +99,9 @@ pub fn check_all(
     }
     verdicts.push(sets::never_not_found(&ops));
     verdicts.push(cluster::convergence(observations));
+    if !observations.durability.is_empty() {
+        verdicts.push(cluster::durable_copies(observations));
+    }
     verdicts.push(cluster::state_hashes(observations));
     verdicts.push(availability::check(events, &ops));
     verdicts
