@@ -32,7 +32,15 @@ pub const FAMILIES: &[&str] = &[
     "power-loss-all",
     "clock-skew",
     "bitflip",
+    "membership",
+    "disk-full",
 ];
+
+/// What the disk-full nemesis leaves free: below `storage.min_free_bytes` (uploads are
+/// refused), above nothing (the raft log still has room).
+const DISK_LEFT_FREE: u64 = 16 << 20;
+/// The file that fills a disk.
+const FILLER: &str = "jepsen-disk-filler";
 
 /// One fault. Members are 0-based positions in the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +72,11 @@ pub enum Fault {
     ClockSkew { node: usize, seconds: i64 },
     /// One byte flipped in up to 3 stored blob files on each of `nodes` (a minority).
     Bitflip { nodes: Vec<usize> },
+    /// `node` removed from the cluster (through `via`) and its data wiped; at heal it joins
+    /// again under a new id and is promoted.
+    Membership { node: usize, via: usize },
+    /// `node`'s disk filled up to a few MiB.
+    DiskFull { node: usize },
 }
 
 /// Who a fault targets: a random member, or whoever leads when it starts.
@@ -164,6 +177,11 @@ pub fn concretize(step: &Step, n: usize, leader: Option<usize>, rng: &mut StdRng
             node: target,
             seconds: if rng.random_bool(0.5) { -1 } else { 1 } * rng.random_range(30..600),
         },
+        "membership" => Fault::Membership {
+            node: target,
+            via: others[0],
+        },
+        "disk-full" => Fault::DiskFull { node: target },
         "bitflip" => {
             let mut nodes = vec![target];
             nodes.extend(others.iter().take(minority_size.saturating_sub(1)));
@@ -249,6 +267,15 @@ pub fn inject(cluster: &mut TestCluster, fault: &Fault, rng: &mut StdRng) -> Str
             set_skew(&cluster.members[*node].dir, *seconds);
             format!("node {} clock {seconds:+} s", node + 1)
         }
+        Fault::Membership { node, via } => {
+            let old = cluster.members[*node].node_id;
+            cluster.remove_member(*node, *via);
+            format!("node {} (id {old}) removed and wiped", node + 1)
+        }
+        Fault::DiskFull { node } => match fill_disk(&cluster.members[*node].disk_dir()) {
+            Ok(bytes) => format!("node {} disk filled ({} MiB taken)", node + 1, bytes >> 20),
+            Err(e) => panic!("disk-full nemesis: {e}"),
+        },
         Fault::Bitflip { nodes } => {
             let mut flipped = Vec::new();
             for &node in nodes {
@@ -268,6 +295,54 @@ pub fn inject(cluster: &mut TestCluster, fault: &Fault, rng: &mut StdRng) -> Str
     }
 }
 
+/// Free bytes of the file system under `dir`.
+fn free_bytes(dir: &Path) -> Result<u64, String> {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("df: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("df {}: no free space figure", dir.display()))
+}
+
+/// Fills the disk under `dir` until [`DISK_LEFT_FREE`] is left, in files of at most 256 MiB
+/// (a refused allocation ends it: the disk is full then too); returns the bytes taken.
+fn fill_disk(dir: &Path) -> Result<u64, String> {
+    const CHUNK: u64 = 256 << 20;
+    let mut taken = 0;
+    for n in 0.. {
+        let free = free_bytes(dir)?;
+        let take = free.saturating_sub(DISK_LEFT_FREE).min(CHUNK);
+        if take < (1 << 20) {
+            break;
+        }
+        let status = std::process::Command::new("fallocate")
+            .args(["-l", &take.to_string()])
+            .arg(dir.join(format!("{FILLER}-{n}")))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("fallocate: {e}"))?;
+        if !status.success() {
+            break;
+        }
+        taken += take;
+    }
+    Ok(taken)
+}
+
+/// Removes what [`fill_disk`] wrote.
+fn empty_disk(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(FILLER) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Undoes `fault`: heals the network, resumes, restarts, resets the clock. Bit flips stay
 /// (the registry has to notice and repair them).
 pub fn heal(cluster: &mut TestCluster, fault: &Fault) {
@@ -282,6 +357,10 @@ pub fn heal(cluster: &mut TestCluster, fault: &Fault) {
         Fault::Pause { node } => cluster.signal(*node, "CONT"),
         Fault::ClockSkew { node, .. } => set_skew(&cluster.members[*node].dir, 0),
         Fault::Bitflip { .. } => {}
+        Fault::Membership { node, .. } => cluster.rejoin(*node),
+        Fault::DiskFull { node } => {
+            empty_disk(&cluster.members[*node].disk_dir());
+        }
     }
 }
 

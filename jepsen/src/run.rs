@@ -37,6 +37,9 @@ pub struct Plan {
 /// The raft and replication settings of the lab cluster: snapshots often (to exercise
 /// install-snapshot after a node was away), the scrubber every few seconds (to repair flipped
 /// bytes within the run).
+/// Each node's tmpfs disk with the disk-full nemesis (RAM is used only as it fills).
+const DISK_BYTES: u64 = 2 << 30;
+
 const EXTRA_CONFIG: &str = "\n[replication]\nscrub_interval_secs = 5\n";
 
 pub fn run(plan: &Plan) -> anyhow::Result<()> {
@@ -83,6 +86,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
             snapshot_every_entries: 2000,
             log_entries_kept: 1000,
             extra_config: EXTRA_CONFIG.into(),
+            // A disk of its own per node, so that one can be filled.
+            disk_bytes: if uses("disk-full") { DISK_BYTES } else { 0 },
             ..ClusterOpts::default()
         },
     );

@@ -47,6 +47,9 @@ pub struct ClusterOpts {
     /// Each member's data dir on a `wharf-lazyfs` mount (backing dir `<member>/backing`), so
     /// that [`TestCluster::power_cut`] can drop every write it did not fsync.
     pub lazyfs: bool,
+    /// Each member's disk is a tmpfs of this many bytes (0: the test's temporary directory),
+    /// so that a test can fill one member's disk (see [`Member::disk_dir`]).
+    pub disk_bytes: u64,
 }
 
 impl Default for ClusterOpts {
@@ -60,6 +63,7 @@ impl Default for ClusterOpts {
             netlab: false,
             node_env: Vec::new(),
             lazyfs: false,
+            disk_bytes: 0,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Member {
     child: Option<Child>,
     /// The FUSE layer under the data dir, with [`ClusterOpts::lazyfs`].
     lazyfs: Option<LazyFsMount>,
+    /// The tmpfs mounted with [`ClusterOpts::disk_bytes`].
+    tmpfs: Option<PathBuf>,
 }
 
 impl Member {
@@ -112,6 +118,27 @@ impl Member {
     /// Where its data lives (the lazyfs mount point with [`ClusterOpts::lazyfs`]).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// The directory on the member's own disk: the lazyfs backing dir, else the data dir.
+    pub fn disk_dir(&self) -> PathBuf {
+        if self.lazyfs.is_some() {
+            self.dir.join("backing")
+        } else {
+            self.data_dir()
+        }
+    }
+
+    fn mount_tmpfs(&mut self, bytes: u64, lazyfs: bool) {
+        let at = self.dir.join(if lazyfs { "backing" } else { "data" });
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "wharf-disk"])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {}", stderr(&out));
+        self.tmpfs = Some(at);
     }
 
     fn mount_lazyfs(&mut self) {
@@ -212,7 +239,11 @@ impl TestCluster {
             cluster,
             child: None,
             lazyfs: None,
+            tmpfs: None,
         };
+        if self.opts.disk_bytes > 0 {
+            member.mount_tmpfs(self.opts.disk_bytes, self.opts.lazyfs);
+        }
         if self.opts.lazyfs {
             member.mount_lazyfs();
         }
@@ -279,6 +310,59 @@ impl TestCluster {
             command.env(key, value.replace("{dir}", &dir));
         }
         m.child = Some(command.spawn().unwrap());
+    }
+
+    /// `wharf cluster remove <id of member i> --yes` through member `via` (retried while the
+    /// cluster is busy), then stops member `i` and wipes its data: the node is gone for good.
+    pub fn remove_member(&mut self, i: usize, via: usize) {
+        let id = self.members[i].node_id.to_string();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let out = self.cli_status(&self.members[via], &["cluster", "remove", &id, "--yes"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "remove {id}: {}", stderr(&out));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.kill9(i);
+        let data = self.members[i].data_dir();
+        for entry in std::fs::read_dir(&data).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+
+    /// Brings a member removed with [`TestCluster::remove_member`] back as a new node (a new
+    /// id, same directory and addresses): joins through another member, is promoted.
+    pub fn rejoin(&mut self, i: usize) {
+        let via = (0..self.members.len())
+            .find(|&j| j != i && self.members[j].is_running())
+            .expect("a running member to join through");
+        let token = self.join_token();
+        let config_path = self.members[i].config_path();
+        let config = std::fs::read_to_string(&config_path).unwrap();
+        let config: String = config
+            .lines()
+            .filter(|l| !l.starts_with("join = "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .replace(
+                "[cluster]\n",
+                &format!("[cluster]\njoin = \"{}\"\n", self.members[via].cluster),
+            );
+        std::fs::write(&config_path, config).unwrap();
+        self.spawn(i, Some(&token));
+        self.wait_ready(i);
+        let node_toml =
+            std::fs::read_to_string(self.members[i].data_dir().join("node.toml")).unwrap();
+        let id = node_toml
+            .lines()
+            .find_map(|l| l.strip_prefix("node_id = "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no node_id in {node_toml}"));
+        self.members[i].node_id = id;
+        self.promote(via, id);
     }
 
     /// Joins a new node as a learner (not promoted); returns its position.
@@ -612,6 +696,9 @@ impl Drop for TestCluster {
             }
             // Unmounted before the temporary directory under it is removed.
             drop(m.lazyfs.take());
+            if let Some(at) = m.tmpfs.take() {
+                let _ = Command::new("umount").arg("-l").arg(at).status();
+            }
         }
     }
 }

@@ -525,7 +525,7 @@ impl Replicator {
     pub async fn copy_for_leaving(
         self: &Arc<Self>,
         leaving: wharf_types::NodeId,
-    ) -> Result<u64, ReplicationError> {
+    ) -> Result<std::collections::BTreeSet<Digest>, ReplicationError> {
         for (digest, record) in self.records_short_without(leaving)? {
             let result = match self.blobs.info(&digest).await? {
                 Some(info) if record.holders.contains(&self.node_id) => self
@@ -546,7 +546,11 @@ impl Replicator {
                 tracing::info!(%digest, leaving, error = %e, "copying a blob off a leaving node failed; retrying");
             }
         }
-        self.short_without(leaving)
+        Ok(self
+            .records_short_without(leaving)?
+            .into_iter()
+            .map(|(digest, _)| digest)
+            .collect())
     }
 
     /// One page of blob records after `after` (a digest), from a fresh read of the state.

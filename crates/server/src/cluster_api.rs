@@ -139,8 +139,14 @@ async fn status(State(state): State<ClusterApiState>) -> Response {
 /// Before a node leaves: copies every blob it holds until it has `min_copies` copies on the
 /// other members (this node pushes or fetches them; the resync workers help), or refuses
 /// after [`DRAIN_TIMEOUT`].
+///
+/// It waits for the blobs that were short when it began. Blobs recorded later are on their way
+/// to their copies through their uploads and the resync workers; under a steady write load
+/// there is always a fresh one, so waiting for those too would refuse every removal (found by
+/// the jepsen harness's membership nemesis).
 async fn drain(state: &ClusterApiState, leaving: NodeId) -> Result<(), Response> {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let mut at_start: Option<std::collections::BTreeSet<wharf_types::Digest>> = None;
     loop {
         let short = state
             .replication
@@ -153,7 +159,14 @@ async fn drain(state: &ClusterApiState, leaving: NodeId) -> Result<(), Response>
                     e.to_string(),
                 )
             })?;
-        if short == 0 {
+        let pending = match &at_start {
+            None => {
+                at_start = Some(short.clone());
+                short.len()
+            }
+            Some(first) => short.intersection(first).count(),
+        };
+        if pending == 0 {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
@@ -161,7 +174,7 @@ async fn drain(state: &ClusterApiState, leaving: NodeId) -> Result<(), Response>
                 StatusCode::CONFLICT,
                 ErrorCode::Conflict,
                 format!(
-                    "{short} blob(s) held by node {leaving} would have fewer than \
+                    "{pending} blob(s) held by node {leaving} would have fewer than \
                      durability.min_copies copies without it; the other members are still \
                      copying them (see wharf_replication_backlog); try again later"
                 ),
@@ -169,7 +182,7 @@ async fn drain(state: &ClusterApiState, leaving: NodeId) -> Result<(), Response>
         }
         tracing::info!(
             leaving,
-            short,
+            pending,
             "waiting for blobs to be copied before the node leaves"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
