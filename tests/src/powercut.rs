@@ -4,8 +4,8 @@
 //! the restart ([`verify`], [`check_data_dir`]).
 //!
 //! Binaries: `wharf-lazyfs` is found next to `wharf` (`<target>/<profile>/wharf-lazyfs`, from
-//! `cargo build --release -p wharf-testkit`) or at `$WHARF_LAZYFS_BIN`; the planted build with
-//! the blob fsync skipped at `$WHARF_PLANTED_BIN` or `<target>/release/wharf-planted-skip-fsync`.
+//! `cargo build --release -p wharf-testkit`) or at `$WHARF_LAZYFS_BIN`; the planted build
+//! (`--features planted-bugs`) at `$WHARF_PLANTED_BIN` or `<target>/release/wharf-planted`.
 //! Seeds: `$WHARF_TEST_SEED`, else a random one; every test logs it and names it on failure.
 
 use std::fs::File;
@@ -24,10 +24,13 @@ use crate::server::{READY_TIMEOUT, signal, target_dir};
 /// How to build `wharf-lazyfs`.
 pub const LAZYFS_BUILD: &str = "cargo build --release -p wharf-testkit";
 
-/// How to build the planted binary (blob fsync skipped) where the power-loss test looks for it.
-pub const PLANTED_BUILD: &str = "cargo build --release -p wharf-cli --features skip-blob-fsync \
-     && cp target/release/wharf target/release/wharf-planted-skip-fsync \
+/// How to build the planted binary where the power-loss test looks for it.
+pub const PLANTED_BUILD: &str = "cargo build --release -p wharf-cli --features planted-bugs \
+     && cp target/release/wharf target/release/wharf-planted \
      && cargo build --release -p wharf-cli";
+
+/// The planted bug the power-loss test runs the planted build with (`WHARF_PLANTED_BUG`).
+pub const PLANTED_SKIP_FSYNC: &str = "skip-blob-fsync";
 
 /// The seed of this test: `$WHARF_TEST_SEED` or a random one. Logged, so a failure can be
 /// replayed (the data and the cut point follow the seed; thread timing does not).
@@ -49,15 +52,16 @@ pub fn lazyfs_bin() -> PathBuf {
     crate::server::built_binary("WHARF_LAZYFS_BIN", "wharf-lazyfs", LAZYFS_BUILD)
 }
 
-/// `$WHARF_PLANTED_BIN`, else `<target>/release/wharf-planted-skip-fsync`: wharf built with the
-/// `skip-blob-fsync` feature. Panics with the build command if it is missing.
+/// `$WHARF_PLANTED_BIN`, else `<target>/release/wharf-planted`: wharf built with the
+/// `planted-bugs` feature (run it with `WHARF_PLANTED_BUG`, see [`WharfAt::start_with_bug`]).
+/// Panics with the build command if it is missing.
 pub fn planted_wharf_bin() -> PathBuf {
     let path = std::env::var_os("WHARF_PLANTED_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("release/wharf-planted-skip-fsync"));
+        .unwrap_or_else(|| target_dir().join("release/wharf-planted"));
     assert!(
         path.is_file(),
-        "the planted wharf build (blob fsync skipped) is missing at {}.\nBuild it with:\n  {PLANTED_BUILD}\n\
+        "the planted wharf build (--features planted-bugs) is missing at {}.\nBuild it with:\n  {PLANTED_BUILD}\n\
          (scripts/test does this), or set WHARF_PLANTED_BIN",
         path.display()
     );
@@ -246,6 +250,17 @@ impl WharfAt {
     /// Starts `bin dev --data-dir <data_dir>` on a free port, output appended to `log`, and waits
     /// for `/readyz`.
     pub fn start(bin: &Path, data_dir: &Path, log: &Path) -> WharfAt {
+        WharfAt::start_with_bug(bin, None, data_dir, log)
+    }
+
+    /// [`WharfAt::start`] with `WHARF_PLANTED_BUG=<planted_bug>` (for the planted build, see
+    /// [`planted_wharf_bin`]); without one, the variable is removed from the child's environment.
+    pub fn start_with_bug(
+        bin: &Path,
+        planted_bug: Option<&str>,
+        data_dir: &Path,
+        log: &Path,
+    ) -> WharfAt {
         for attempt in 1..=5 {
             let addr = crate::server::free_addr();
             let out = File::options().create(true).append(true).open(log).unwrap();
@@ -262,7 +277,16 @@ impl WharfAt {
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "info");
             }
-            tracing::info!("$ {}", crate::cmd::command_line(&cmd));
+            match planted_bug {
+                Some(bug) => cmd.env("WHARF_PLANTED_BUG", bug),
+                None => cmd.env_remove("WHARF_PLANTED_BUG"),
+            };
+            let planted = planted_bug.map(|b| format!("WHARF_PLANTED_BUG={b} "));
+            tracing::info!(
+                "$ {}{}",
+                planted.unwrap_or_default(),
+                crate::cmd::command_line(&cmd)
+            );
             let child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin.display()));

@@ -5,20 +5,18 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+use wharf_types::planted::{self, PlantedBug};
+
 use crate::BlobError;
 
-/// Makes a blob file's bytes durable. The `skip-blob-fsync` feature turns exactly this call (and
-/// nothing else) into a no-op, so a power-loss test can prove that it is needed.
+/// Makes a blob file's bytes durable. The planted bug `skip-blob-fsync` turns exactly this call
+/// (and nothing else) into a no-op, so a power-loss test can prove that it is needed.
 pub(crate) fn sync_blob_file(file: &File) -> Result<(), BlobError> {
-    #[cfg(feature = "skip-blob-fsync")]
-    {
-        let _ = file;
-        Ok(())
+    // planted bug skip-blob-fsync: the blob's bytes are acknowledged from the page cache
+    if planted::active(PlantedBug::SkipBlobFsync) {
+        return Ok(());
     }
-    #[cfg(not(feature = "skip-blob-fsync"))]
-    {
-        file.sync_all().map_err(BlobError::Fsync)
-    }
+    file.sync_all().map_err(BlobError::Fsync)
 }
 
 /// Makes a file's bytes durable (sidecars and other small files).

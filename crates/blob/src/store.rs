@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
+use wharf_types::planted::{self, PlantedBug};
 use wharf_types::{Digest, DigestAlgorithm, NodeId};
 
 use crate::chunks::{self, ChunkHasher, ChunkList};
@@ -93,6 +94,16 @@ impl OpenWriter {
         }
         Ok(n)
     }
+}
+
+/// What a commit leaves out: nothing, except for bytes from a peer under a planted bug (see
+/// [`FsBlobStore::commit_from_peer`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Shortcuts {
+    /// Place the bytes under the expected digest whatever they hash to.
+    trust_digest: bool,
+    /// Leave out every fsync.
+    no_fsync: bool,
 }
 
 enum Step {
@@ -412,7 +423,25 @@ impl FsBlobStore {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobInfo, BlobError> {
-        self.commit_inner(id, Some(expected), expected_size).await
+        self.commit_inner(id, Some(expected), expected_size, Shortcuts::default())
+            .await
+    }
+
+    /// [`Self::commit`] of bytes received from a peer (a pushed copy, a fetch). The same,
+    /// except in a test build under two planted bugs: `skip-peer-digest-verify` places the
+    /// bytes as `expected` whatever they hash to, `count-copy-before-peer-fsync` never fsyncs.
+    pub async fn commit_from_peer(
+        &self,
+        id: &str,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobInfo, BlobError> {
+        let shortcuts = Shortcuts {
+            trust_digest: planted::active(PlantedBug::SkipPeerDigestVerify),
+            no_fsync: planted::active(PlantedBug::CountCopyBeforePeerFsync),
+        };
+        self.commit_inner(id, Some(expected), expected_size, shortcuts)
+            .await
     }
 
     async fn commit_inner(
@@ -420,6 +449,7 @@ impl FsBlobStore {
         id: &str,
         expected: Option<&Digest>,
         expected_size: Option<u64>,
+        shortcuts: Shortcuts,
     ) -> Result<BlobInfo, BlobError> {
         let session = self.session(id)?;
         let mut writer = session
@@ -445,7 +475,7 @@ impl FsBlobStore {
         let s = Arc::clone(&session);
         let expected = expected.cloned();
         let result = blocking(move || {
-            let result = inner.place_upload(*open, &s, expected.as_ref(), expected_size);
+            let result = inner.place_upload(*open, &s, expected.as_ref(), expected_size, shortcuts);
             if result.is_err() {
                 s.remove_files();
             }
@@ -503,7 +533,9 @@ impl FsBlobStore {
             id: &id,
         };
         self.append(&id, Some(0), body).await?;
-        let result = self.commit_inner(&id, expected, None).await;
+        let result = self
+            .commit_inner(&id, expected, None, Shortcuts::default())
+            .await;
         drop(guard);
         result
     }
@@ -609,6 +641,27 @@ impl FsBlobStore {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<BlobReader, BlobError> {
+        self.read_checked(digest, range, true).await
+    }
+
+    /// [`Self::read`] of bytes sent to a peer: the same, except in a test build under the
+    /// planted bug `skip-peer-digest-verify`, where no chunk is checked.
+    pub async fn read_for_peer(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobReader, BlobError> {
+        // planted bug skip-peer-digest-verify: a damaged copy goes to the peer as it is
+        let check = !planted::active(PlantedBug::SkipPeerDigestVerify);
+        self.read_checked(digest, range, check).await
+    }
+
+    async fn read_checked(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        check: bool,
+    ) -> Result<BlobReader, BlobError> {
         let inner = Arc::clone(&self.inner);
         let d = digest.clone();
         let (file, chunks) = blocking(move || inner.open_blob(&d)).await?;
@@ -625,7 +678,7 @@ impl FsBlobStore {
         let stream = if start == end {
             Box::pin(futures::stream::empty()) as crate::BlobStream
         } else {
-            verified_stream(file, digest.clone(), chunks, start, end)
+            verified_stream(file, digest.clone(), chunks, start, end, check)
         };
         Ok(BlobReader {
             size,
@@ -769,11 +822,12 @@ impl Inner {
         session: &Session,
         expected: Option<&Digest>,
         expected_size: Option<u64>,
+        shortcuts: Shortcuts,
     ) -> Result<BlobInfo, BlobError> {
         let OpenWriter { file, sha, chunks } = open;
         // The streamed sha256 names the blob unless the client named it by another algorithm:
         // then one more pass over the (complete, unsynced but readable) upload file.
-        let digest = match expected.map(Digest::algorithm) {
+        let mut digest = match expected.map(Digest::algorithm) {
             None | Some(DigestAlgorithm::Sha256) => {
                 Digest::from_sha256_bytes(&sha.finalize().into())
             }
@@ -784,10 +838,15 @@ impl Inner {
         if let Some(expected) = expected
             && *expected != digest
         {
-            return Err(BlobError::DigestMismatch {
-                expected: expected.clone(),
-                actual: digest,
-            });
+            // planted bug skip-peer-digest-verify: a peer's bytes are stored under the name it gave
+            if shortcuts.trust_digest {
+                digest = expected.clone();
+            } else {
+                return Err(BlobError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual: digest,
+                });
+            }
         }
         if let Some(expected) = expected_size
             && expected != size
@@ -809,7 +868,12 @@ impl Inner {
             remove_if_present(&session.path)?;
             return Ok(info);
         }
-        sync_blob_file(&file)?;
+        // planted bug count-copy-before-peer-fsync: a peer's copy is placed (and answered
+        // "stored") without a single fsync, so a power cut loses it
+        let sync = !shortcuts.no_fsync;
+        if sync {
+            sync_blob_file(&file)?;
+        }
         drop(file);
 
         let dir = self.blob_dir(&digest);
@@ -826,15 +890,21 @@ impl Inner {
                 .truncate(true)
                 .open(&tmp)?;
             f.write_all(&chunks::encode_sidecar(&chunks))?;
-            sync_file(&f)?;
+            if sync {
+                sync_file(&f)?;
+            }
         }
         std::fs::rename(&tmp, &sidecar)?;
-        sync_dir(&dir)?;
+        if sync {
+            sync_dir(&dir)?;
+        }
 
         // Replacing an existing copy is safe (same bytes, atomic rename; open readers keep the
         // old inode) and repairs it if it was damaged.
         std::fs::rename(&session.path, &blob)?;
-        sync_dir(&dir)?;
+        if sync {
+            sync_dir(&dir)?;
+        }
 
         Ok(info)
     }

@@ -30,6 +30,7 @@ use wharf_meta::{
 use wharf_proto::admin as pb;
 use wharf_proto::admin::admin_client::AdminClient;
 use wharf_types::NodeId;
+use wharf_types::planted::{self, PlantedBug};
 
 use crate::Raft;
 use crate::membership::{
@@ -265,17 +266,35 @@ impl Core {
         let mut last;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = match self.usable_leader() {
+            let (attempt, forwarded) = match self.usable_leader() {
                 Ok((leader, _)) if leader == self.node_id => {
-                    self.propose_here(envelope.clone(), remaining).await
+                    (self.propose_here(envelope.clone(), remaining).await, false)
                 }
                 Ok((leader, info)) => {
-                    self.forward_propose(leader, &info.addr, &envelope, remaining)
-                        .await
+                    let attempt = self
+                        .forward_propose(leader, &info.addr, &envelope, remaining)
+                        .await;
+                    (attempt, true)
                 }
-                Err(why) => Err(Attempt::NotProposed(why)),
+                Err(why) => (Err(Attempt::NotProposed(why)), false),
             };
+            // planted bug ack-before-commit: a write this node could not get committed (no
+            // leader, no quorum, timeout) is answered as applied
+            if matches!(
+                attempt,
+                Err(Attempt::NotProposed(_) | Attempt::MaybeProposed(_))
+            ) && planted::active(PlantedBug::AckBeforeCommit)
+            {
+                return Ok(CommandResult::Ok(Outcome::Applied));
+            }
             match attempt {
+                // planted bug follower-answers-before-apply: the leader's answer is passed on
+                // before this node applied the entry
+                Ok((_, result))
+                    if forwarded && planted::active(PlantedBug::FollowerAnswersBeforeApply) =>
+                {
+                    return Ok(result);
+                }
                 Ok((index, result)) => {
                     self.wait_applied(index, deadline).await.map_err(|e| {
                         MetaError::OutcomeUnknown(format!(
@@ -457,6 +476,11 @@ impl Core {
                 }
             }
         };
+        // planted bug follower-answers-before-apply: a follower reads its local state as soon as
+        // the leader named the read index, before applying up to it
+        if leader != self.node_id && planted::active(PlantedBug::FollowerAnswersBeforeApply) {
+            return Ok(());
+        }
         self.wait_applied(index, deadline)
             .await
             .map_err(BarrierFailure::NoQuorum)

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 
 use redb::{ReadableTable, TableHandle, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
+use wharf_types::planted::{self, PlantedBug};
 use wharf_types::{Digest, ErrorCode, Format, ImageName, NodeId, RepoName, Tag};
 
 use crate::command::{
@@ -82,7 +83,11 @@ pub fn apply_entry(
         });
     }
     let request_key = envelope.request_id.0.as_bytes();
-    if let Some(seen) = get_json::<RequestRecord>(txn, tables::REQUESTS, request_key)? {
+    // planted bug drop-request-dedup: a retried entry is applied again (deterministic as long
+    // as every node plants the same bug)
+    if !planted::active(PlantedBug::DropRequestDedup)
+        && let Some(seen) = get_json::<RequestRecord>(txn, tables::REQUESTS, request_key)?
+    {
         return Ok(seen.result);
     }
     let ctx = Ctx {

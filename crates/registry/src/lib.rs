@@ -22,6 +22,7 @@ use wharf_blob::BlobInfo;
 use wharf_meta::records::RepoRecord;
 use wharf_meta::{Command, CommandResult, MetaHandle, ProposeContext, RequestId, query};
 use wharf_replication::Replicator;
+use wharf_types::planted::{self, PlantedBug};
 use wharf_types::{Digest, ErrorCode, Format, NodeId, RepoName};
 
 pub use error::RegistryError;
@@ -324,6 +325,10 @@ impl Registry {
         if let Some(found) = self.read(&f)? {
             return Ok(Some(found));
         }
+        // planted bug skip-barrier-on-miss: "not found" on local state alone
+        if planted::active(PlantedBug::SkipBarrierOnMiss) {
+            return Ok(None);
+        }
         self.meta.read_barrier().await?;
         self.read(&f)
     }
@@ -352,9 +357,16 @@ impl Registry {
             Ok(query::repo(t, repo)?
                 .is_some_and(|r| r.settings.consistency == wharf_meta::Consistency::Bounded))
         })?;
-        if bounded && self.meta.fresh_within(self.max_staleness) {
+        // planted bug strong-reads-local: a hit is served from local state whatever the
+        // repository's consistency and this node's staleness
+        let serve_hit = (bounded && self.meta.fresh_within(self.max_staleness))
+            || planted::active(PlantedBug::StrongReadsLocal);
+        // planted bug skip-barrier-on-miss: a miss is answered from local state alone
+        let serve_miss = planted::active(PlantedBug::SkipBarrierOnMiss);
+        if serve_hit || serve_miss {
             let local = self.read(&f)?;
-            if is_hit(&local) {
+            let hit = is_hit(&local);
+            if (hit && serve_hit) || (!hit && serve_miss) {
                 return Ok(local);
             }
         }

@@ -47,6 +47,8 @@ pub enum ServerError {
     Tls(String),
     #[error("blob replication: {0}")]
     Replication(String),
+    #[error(transparent)]
+    PlantedBug(#[from] wharf_types::planted::PlantedBugError),
 }
 
 /// Health facts shared with the `/readyz` and `/metrics` handlers.
@@ -235,6 +237,13 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    if let Some(bug) = wharf_types::planted::from_env()? {
+        tracing::warn!(
+            planted_bug = %bug,
+            "planted bug {bug} is active: this node breaks a guarantee on purpose, for \
+             fault-injection tests (a --features planted-bugs build)"
+        );
+    }
     let data_dir: PathBuf = config.server.data_dir.clone();
     let bound = listener::bind(&config).await?;
     let cluster = start_cluster(&config, &options).await?;

@@ -5,8 +5,9 @@
 //! left: every acknowledged write must read back byte for byte, nothing may be served with wrong
 //! bytes, and every blob file must hash to its name.
 //!
-//! The second test proves the first can fail: a build whose blob fsync is skipped
-//! (`--features skip-blob-fsync`, see [`planted_wharf_bin`]) must lose acknowledged blobs.
+//! The second test proves the first can fail: the planted build (see [`planted_wharf_bin`]) run
+//! with `WHARF_PLANTED_BUG=skip-blob-fsync`, which skips the blob fsync, must lose acknowledged
+//! blobs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wharf_tests::init_logging;
 use wharf_tests::powercut::{
-    LazyFsMount, Pushers, Verdict, WharfAt, check_data_dir, planted_wharf_bin, test_seed, verify,
+    LazyFsMount, PLANTED_SKIP_FSYNC, Pushers, Verdict, WharfAt, check_data_dir, planted_wharf_bin,
+    test_seed, verify,
 };
 use wharf_tests::server::wharf_bin;
 
@@ -26,8 +28,9 @@ struct Round {
 }
 
 /// Push on a FUSE-mounted data dir until a seeded number of acks, SIGKILL wharf, cut the power,
-/// restart wharf (without FUSE) on the recovered backing dir and read everything back.
-fn power_cut_round(bin: &Path, seed: u64) -> Round {
+/// restart wharf (without FUSE) on the recovered backing dir and read everything back. `bin` runs
+/// with `WHARF_PLANTED_BUG=<planted_bug>` when one is given.
+fn power_cut_round(bin: &Path, planted_bug: Option<&str>, seed: u64) -> Round {
     let tmp = tempfile::Builder::new()
         .prefix("wharf-power-loss-")
         .tempdir()
@@ -42,7 +45,7 @@ fn power_cut_round(bin: &Path, seed: u64) -> Round {
 
     tracing::info!("--- mount wharf-lazyfs, start {} on it", bin.display());
     let mut fuse = LazyFsMount::mount(&backing, &mnt, &tmp.path().join("lazyfs.log"));
-    let mut server = WharfAt::start(bin, &mnt, &tmp.path().join("wharf.log"));
+    let mut server = WharfAt::start_with_bug(bin, planted_bug, &mnt, &tmp.path().join("wharf.log"));
 
     tracing::info!("--- push until {acks} acknowledgements, then {extra:?} more");
     let pushers = Pushers::start(&server.url(), seed, 2, &format!("p{seed}"));
@@ -64,7 +67,8 @@ fn power_cut_round(bin: &Path, seed: u64) -> Round {
     tracing::info!("{} pushes attempted, {acked} acknowledged", pushes.len());
 
     tracing::info!("--- restart wharf on the recovered backing dir, read everything back");
-    let after = WharfAt::start(bin, &backing, &tmp.path().join("wharf-after.log"));
+    let after_log = tmp.path().join("wharf-after.log");
+    let after = WharfAt::start_with_bug(bin, planted_bug, &backing, &after_log);
     let verdict = verify(&after.url(), &pushes);
     let disk = check_data_dir(&backing);
     tracing::info!("seed {seed}: {verdict}");
@@ -81,7 +85,7 @@ fn power_loss_keeps_every_acknowledged_write() {
     // three cuts at different points (each round takes a second or two)
     for round in 0..3u64 {
         let seed = seed.wrapping_add(round);
-        let r = power_cut_round(&bin, seed);
+        let r = power_cut_round(&bin, None, seed);
         assert!(
             r.verdict.is_clean() && r.disk.is_empty(),
             "seed {seed} (replay with WHARF_TEST_SEED={seed}): writes lost or damaged by a power \
@@ -100,7 +104,7 @@ fn power_loss_catches_a_skipped_blob_fsync() {
     let seed = test_seed();
     let mut results = Vec::new();
     for round in 0..3u64 {
-        let r = power_cut_round(&bin, seed.wrapping_add(round));
+        let r = power_cut_round(&bin, Some(PLANTED_SKIP_FSYNC), seed.wrapping_add(round));
         let damaged = r.verdict.acked_damaged();
         results.push(r.verdict.to_string());
         if damaged > 0 {
@@ -112,8 +116,8 @@ fn power_loss_catches_a_skipped_blob_fsync() {
         }
     }
     panic!(
-        "seed {seed}: wharf built with skip-blob-fsync lost no acknowledged write in 3 power cuts, \
-         so the power-loss test cannot catch a missing blob fsync\n{}",
+        "seed {seed}: wharf with the planted bug {PLANTED_SKIP_FSYNC} lost no acknowledged write \
+         in 3 power cuts, so the power-loss test cannot catch a missing blob fsync\n{}",
         results.join("\n")
     );
 }

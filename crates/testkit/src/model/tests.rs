@@ -314,8 +314,8 @@ fn rename_replaces_atomically_only_once_the_directory_is_synced() {
     assert_eq!(s.model.inode_count(), 2, "the replaced inode is forgotten");
 }
 
-/// What wharf-blob does to commit a blob, with and without the fsync that the
-/// `skip-blob-fsync` feature leaves out.
+/// What wharf-blob does to commit a blob, with and without the fsync that the planted bug
+/// `skip-blob-fsync` (a `planted-bugs` build) leaves out.
 fn blob_commit(sync_blob: bool) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut s = Sim::new();
     s.mkdir("blobs");
