@@ -192,6 +192,8 @@ fn main_result(args: Args) -> anyhow::Result<bool> {
         families: faults,
         workloads,
         planted: args.planted.clone(),
+        always_leader: bug.is_some_and(|b| b.at_leader),
+        min_copies: bug.map_or(2, |b| b.min_copies),
         out: out.clone(),
     };
     run::run(&plan)?;

@@ -34,6 +34,8 @@ pub const FAMILIES: &[&str] = &[
     "bitflip",
     "membership",
     "disk-full",
+    "latency",
+    "bitflip-catch-up",
 ];
 
 /// What the disk-full nemesis leaves free: below `storage.min_free_bytes` (uploads are
@@ -77,6 +79,13 @@ pub enum Fault {
     Membership { node: usize, via: usize },
     /// `node`'s disk filled up to a few MiB.
     DiskFull { node: usize },
+    /// Everything the others send to `node` arrives `ms` late (NFQUEUE delay daemons): a
+    /// follower that lags, or a leader that hears late.
+    Latency { node: usize, ms: u64 },
+    /// `down` is killed; at heal, every blob `source` holds and `down` lacks gets a flipped
+    /// byte on `source`, then `down` restarts and catches up — a copy taken from `source` must
+    /// be refused and fetched from another holder.
+    BitflipCatchUp { down: usize, source: usize },
 }
 
 /// Who a fault targets: a random member, or whoever leads when it starts.
@@ -100,7 +109,13 @@ pub struct Step {
 
 /// Builds a seeded schedule: every family in `families` once (shuffled), then random families
 /// until `total` is used up.
-pub fn schedule(seed: u64, families: &[String], total: Duration, hold: Duration) -> Vec<Step> {
+pub fn schedule(
+    seed: u64,
+    families: &[String],
+    total: Duration,
+    hold: Duration,
+    always_leader: bool,
+) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed);
     let hold_ms = hold.as_millis() as u64;
     let mut order: Vec<String> = families.to_vec();
@@ -118,7 +133,7 @@ pub fn schedule(seed: u64, families: &[String], total: Duration, hold: Duration)
         i += 1;
         let step = Step {
             family,
-            target: if rng.random_bool(0.5) {
+            target: if always_leader || rng.random_bool(0.5) {
                 Target::Leader
             } else {
                 Target::Random
@@ -182,6 +197,14 @@ pub fn concretize(step: &Step, n: usize, leader: Option<usize>, rng: &mut StdRng
             via: others[0],
         },
         "disk-full" => Fault::DiskFull { node: target },
+        "latency" => Fault::Latency {
+            node: target,
+            ms: rng.random_range(150..400),
+        },
+        "bitflip-catch-up" => Fault::BitflipCatchUp {
+            down: target,
+            source: others[0],
+        },
         "bitflip" => {
             let mut nodes = vec![target];
             nodes.extend(others.iter().take(minority_size.saturating_sub(1)));
@@ -276,6 +299,29 @@ pub fn inject(cluster: &mut TestCluster, fault: &Fault, rng: &mut StdRng) -> Str
             Ok(bytes) => format!("node {} disk filled ({} MiB taken)", node + 1, bytes >> 20),
             Err(e) => panic!("disk-full nemesis: {e}"),
         },
+        Fault::Latency { node, ms } => {
+            let delayd = wharf_tests::server::built_binary(
+                "WHARF_DELAYD_BIN",
+                "wharf-delayd",
+                "cargo build --release -p wharf-testkit",
+            );
+            let to = cluster.members[*node].index;
+            for other in (0..cluster.members.len()).filter(|o| o != node) {
+                let from = cluster.members[other].index;
+                cluster
+                    .lab()
+                    .delay(&delayd, from, to, Duration::from_millis(*ms));
+            }
+            format!("node {} hears everyone {ms} ms late", node + 1)
+        }
+        Fault::BitflipCatchUp { down, source } => {
+            cluster.kill9(*down);
+            format!(
+                "node {} killed; node {} will hand it corrupt copies",
+                down + 1,
+                source + 1
+            )
+        }
         Fault::Bitflip { nodes } => {
             let mut flipped = Vec::new();
             for &node in nodes {
@@ -358,6 +404,21 @@ pub fn heal(cluster: &mut TestCluster, fault: &Fault) {
         Fault::ClockSkew { node, .. } => set_skew(&cluster.members[*node].dir, 0),
         Fault::Bitflip { .. } => {}
         Fault::Membership { node, .. } => cluster.rejoin(*node),
+        Fault::Latency { .. } => cluster.heal(),
+        Fault::BitflipCatchUp { down, source } => {
+            let have: std::collections::BTreeSet<_> =
+                blob_files(&cluster.members[*down].data_dir())
+                    .into_iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+                    .collect();
+            let mut rng = StdRng::seed_from_u64(*down as u64);
+            for path in blob_files(&cluster.members[*source].data_dir()) {
+                if path.file_name().is_some_and(|n| !have.contains(n)) {
+                    let _ = flip_byte(&path, &mut rng);
+                }
+            }
+            cluster.restart(*down);
+        }
         Fault::DiskFull { node } => {
             empty_disk(&cluster.members[*node].disk_dir());
         }

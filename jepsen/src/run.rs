@@ -11,9 +11,7 @@ use rand::rngs::StdRng;
 use serde_json::Value;
 use wharf_tests::cluster::{ClusterOpts, TestCluster};
 
-use crate::checker::{
-    CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, MIN_COPIES, Observations, StateHash,
-};
+use crate::checker::{CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, Observations, StateHash};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, LIBFAKETIME, SKEW_FILE, Step};
 use crate::workload::Workloads;
@@ -31,6 +29,11 @@ pub struct Plan {
     pub families: Vec<String>,
     pub workloads: Vec<&'static str>,
     pub planted: Option<String>,
+    /// Faults always aimed at the leader (a planted bug's schedule may ask for it).
+    pub always_leader: bool,
+    /// `durability.min_copies` the nodes run with (2, the default, unless a planted bug's
+    /// schedule asks otherwise).
+    pub min_copies: usize,
     pub out: PathBuf,
 }
 
@@ -44,7 +47,13 @@ const EXTRA_CONFIG: &str = "\n[replication]\nscrub_interval_secs = 5\n";
 
 pub fn run(plan: &Plan) -> anyhow::Result<()> {
     std::fs::create_dir_all(&plan.out)?;
-    let schedule = nemesis::schedule(plan.seed, &plan.families, plan.duration, plan.hold);
+    let schedule = nemesis::schedule(
+        plan.seed,
+        &plan.families,
+        plan.duration,
+        plan.hold,
+        plan.always_leader,
+    );
     std::fs::write(
         plan.out.join("schedule.json"),
         serde_json::to_string_pretty(&schedule)?,
@@ -85,7 +94,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
             node_env,
             snapshot_every_entries: 2000,
             log_entries_kept: 1000,
-            extra_config: EXTRA_CONFIG.into(),
+            extra_config: format!(
+                "{EXTRA_CONFIG}\n[durability]\nmin_copies = {}\n",
+                plan.min_copies
+            ),
             // A disk of its own per node, so that one can be filled.
             disk_bytes: if uses("disk-full") { DISK_BYTES } else { 0 },
             ..ClusterOpts::default()
@@ -111,7 +123,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
         // A fault-free start, then the schedule.
         std::thread::sleep(plan.hold / 2);
         for step in &schedule {
-            if let Some(check) = run_step(&mut cluster, &workloads, &recorder, step, &mut rng) {
+            let step_run = run_step(&mut cluster, &workloads, &recorder, step, plan, &mut rng);
+            if let Some(check) = step_run {
                 durability.push(check);
             }
         }
@@ -149,6 +162,7 @@ fn run_step(
     workloads: &Workloads,
     recorder: &Recorder,
     step: &Step,
+    plan: &Plan,
     rng: &mut StdRng,
 ) -> Option<DurabilityCheck> {
     let leader = leader_of(cluster);
@@ -159,7 +173,7 @@ fn run_step(
     let detail = nemesis::inject(cluster, &fault, rng);
     let check = match &fault {
         Fault::PowerLoss { nodes } if nodes.len() == cluster.members.len() => Some(
-            count_durable_copies(cluster, &acked_before, recorder.now_ms()),
+            count_durable_copies(cluster, &acked_before, recorder.now_ms(), plan.min_copies),
         ),
         _ => None,
     };
@@ -178,7 +192,12 @@ fn run_step(
 
 /// After every node lost power (and before any restarted): how many nodes' disks still hold
 /// each blob acknowledged before the cut, with the right bytes.
-fn count_durable_copies(cluster: &TestCluster, acked: &[String], at_ms: f64) -> DurabilityCheck {
+fn count_durable_copies(
+    cluster: &TestCluster,
+    acked: &[String],
+    at_ms: f64,
+    min_copies: usize,
+) -> DurabilityCheck {
     let mut under = Vec::new();
     for digest in acked {
         let copies = cluster
@@ -186,12 +205,13 @@ fn count_durable_copies(cluster: &TestCluster, acked: &[String], at_ms: f64) -> 
             .iter()
             .filter(|m| holds_intact(&m.data_dir(), digest))
             .count();
-        if copies < MIN_COPIES {
+        if copies < min_copies {
             under.push((digest.clone(), copies));
         }
     }
     DurabilityCheck {
         at_ms,
+        min_copies,
         checked: acked.len(),
         under_replicated: under,
     }

@@ -181,13 +181,28 @@ impl Workloads {
         let mut rng = StdRng::seed_from_u64(seed ^ worker.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let client = http_client();
         let mut process = worker * 1_000_000;
+        // A read of what this worker just wrote, on the node it wrote through (a client that
+        // pushes and then pulls).
+        let mut read_back: Option<(Planned, usize)> = None;
         while !stop.load(Ordering::Relaxed) {
-            let workload = enabled[rng.random_range(0..enabled.len())];
-            let op = self.plan(workload, &mut rng);
-            let node = rng.random_range(1..=self.nodes.len());
+            let (op, node) = read_back.take().unwrap_or_else(|| {
+                let workload = enabled[rng.random_range(0..enabled.len())];
+                let op = self.plan(workload, &mut rng);
+                (op, rng.random_range(1..=self.nodes.len()))
+            });
             let answer = self.run(recorder, &client, process, node, &op, false, &mut rng);
             if answer.kind == Kind::Info {
                 process += 1;
+            }
+            let register = matches!(op.workload, "register" | "bounded");
+            if register && op.f != "read" && answer.kind == Kind::Ok && rng.random_bool(0.5) {
+                let read = Planned {
+                    workload: op.workload,
+                    f: "read",
+                    key: op.key.clone(),
+                    value: Value::Null,
+                };
+                read_back = Some((read, node));
             }
             // Back off after an error, so that a node that is down is not hammered with
             // requests it refuses at once (they would swamp the history).

@@ -5,7 +5,7 @@
 //!
 //! Binaries: `wharf-lazyfs` is found next to `wharf` (`<target>/<profile>/wharf-lazyfs`, from
 //! `cargo build --release -p wharf-testkit`) or at `$WHARF_LAZYFS_BIN`; the planted build
-//! (`--features planted-bugs`) at `$WHARF_PLANTED_BIN` or `<target>/release/wharf-planted`.
+//! (`--features planted-bugs`) at `$WHARF_PLANTED_BIN` or `<target>/planted/release/wharf`.
 //! Seeds: `$WHARF_TEST_SEED`, else a random one; every test logs it and names it on failure.
 
 use std::fs::File;
@@ -25,9 +25,8 @@ use crate::server::{READY_TIMEOUT, signal, target_dir};
 pub const LAZYFS_BUILD: &str = "cargo build --release -p wharf-testkit";
 
 /// How to build the planted binary where the power-loss test looks for it.
-pub const PLANTED_BUILD: &str = "cargo build --release -p wharf-cli --features planted-bugs \
-     && cp target/release/wharf target/release/wharf-planted \
-     && cargo build --release -p wharf-cli";
+pub const PLANTED_BUILD: &str =
+    "CARGO_TARGET_DIR=target/planted cargo build --release -p wharf-cli --features planted-bugs";
 
 /// The planted bug the power-loss test runs the planted build with (`WHARF_PLANTED_BUG`).
 pub const PLANTED_SKIP_FSYNC: &str = "skip-blob-fsync";
@@ -52,13 +51,13 @@ pub fn lazyfs_bin() -> PathBuf {
     crate::server::built_binary("WHARF_LAZYFS_BIN", "wharf-lazyfs", LAZYFS_BUILD)
 }
 
-/// `$WHARF_PLANTED_BIN`, else `<target>/release/wharf-planted`: wharf built with the
+/// `$WHARF_PLANTED_BIN`, else `<target>/planted/release/wharf`: wharf built with the
 /// `planted-bugs` feature (run it with `WHARF_PLANTED_BUG`, see [`WharfAt::start_with_bug`]).
 /// Panics with the build command if it is missing.
 pub fn planted_wharf_bin() -> PathBuf {
     let path = std::env::var_os("WHARF_PLANTED_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("release/wharf-planted"));
+        .unwrap_or_else(|| target_dir().join("planted/release/wharf"));
     assert!(
         path.is_file(),
         "the planted wharf build (--features planted-bugs) is missing at {}.\nBuild it with:\n  {PLANTED_BUILD}\n\

@@ -19,16 +19,15 @@ pub struct Observations {
     pub durability: Vec<DurabilityCheck>,
 }
 
-/// `durability.min_copies` of the lab's nodes (the default once there are 2+ members).
-pub const MIN_COPIES: usize = 2;
-
 /// The disks right after every node lost power, before any restarted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DurabilityCheck {
     pub at_ms: f64,
+    /// `durability.min_copies` of the run.
+    pub min_copies: usize,
     /// Blobs acknowledged before the cut.
     pub checked: usize,
-    /// Those left on fewer than [`MIN_COPIES`] disks, with how many they were left on.
+    /// Those left on fewer than `min_copies` disks, with how many they were left on.
     pub under_replicated: Vec<(String, usize)>,
 }
 
@@ -85,8 +84,8 @@ pub fn durable_copies(obs: &Observations) -> Verdict {
     for check in &obs.durability {
         for (digest, copies) in &check.under_replicated {
             verdict.violation(format!(
-                "after every node lost power at {:.0} ms, acknowledged {digest} was left on                  {copies} disk(s), fewer than min_copies = {MIN_COPIES}",
-                check.at_ms
+                "after every node lost power at {:.0} ms, acknowledged {digest} was left on                  {copies} disk(s), fewer than min_copies = {}",
+                check.at_ms, check.min_copies
             ));
         }
     }

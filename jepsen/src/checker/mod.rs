@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::history::{Event, Op, operations};
 
 pub use availability::phases as availability_phases;
-pub use cluster::{
-    CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, MIN_COPIES, Observations, StateHash,
-};
+pub use cluster::{CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, Observations, StateHash};
 
 /// At most this many violations are listed per checker (the count is always complete).
 const LISTED: usize = 20;
