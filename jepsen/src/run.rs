@@ -224,18 +224,16 @@ fn leader_of(cluster: &TestCluster) -> Option<usize> {
         .timeout(Duration::from_secs(1))
         .build()
         .ok()?;
-    for m in cluster.running() {
+    cluster.running().find_map(|m| {
         let v: Value = client
             .get(format!("{}/api/v1/cluster", m.url()))
             .send()
             .ok()?
             .json()
             .ok()?;
-        if let Some(id) = v["leader"].as_u64() {
-            return cluster.members.iter().position(|m| m.node_id == id);
-        }
-    }
-    None
+        let id = v["leader"].as_u64()?;
+        cluster.members.iter().position(|m| m.node_id == id)
+    })
 }
 
 /// After the schedule: every node up and connected, then the observations and final reads.

@@ -7,6 +7,9 @@ mod immutable;
 mod linearizable;
 mod sets;
 mod staleness;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 
