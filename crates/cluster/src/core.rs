@@ -271,8 +271,11 @@ impl Core {
                     (self.propose_here(envelope.clone(), remaining).await, false)
                 }
                 Ok((leader, info)) => {
+                    // Bounded per attempt, so that a write waiting on a leader that went
+                    // silent moves to the next one (the same request id: applied once).
+                    let limit = remaining.min(self.leader_call_limit());
                     let attempt = self
-                        .forward_propose(leader, &info.addr, &envelope, remaining)
+                        .forward_propose(leader, &info.addr, &envelope, limit)
                         .await;
                     (attempt, true)
                 }
@@ -447,14 +450,46 @@ impl Core {
 
     // --- reads
 
+    /// How long one call to the leader may take before this node looks again at who leads: a
+    /// leader that went silent (cut off, killed, paused) is replaced within an election
+    /// timeout, and a call still waiting on it would otherwise hold the request until its
+    /// deadline while the new leader could already answer.
+    fn leader_call_limit(&self) -> Duration {
+        (self.leader_silence_limit * 2).max(Duration::from_secs(1))
+    }
+
     /// One ReadIndex round for this node: through its own raft when it leads, else through
-    /// the leader's; then waits until this node has applied up to the read index.
+    /// the leader's; then waits until this node has applied up to the read index. A call to a
+    /// leader that does not answer in time is tried again with whoever leads by then, while
+    /// `timeout` allows.
     pub(crate) async fn barrier(&self, timeout: Duration) -> Result<(), BarrierFailure> {
         let deadline = Instant::now() + timeout;
+        loop {
+            let (leader, _) = self.usable_leader().map_err(BarrierFailure::NoQuorum)?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.barrier_once(remaining, deadline).await {
+                Err(BarrierFailure::NoQuorum(why))
+                    if Instant::now() + RETRY_PAUSE < deadline
+                        && self.usable_leader().is_ok_and(|(now, _)| now != leader) =>
+                {
+                    tracing::debug!(leader, %why, "read barrier: the leader changed; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn barrier_once(
+        &self,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<(), BarrierFailure> {
         let (leader, info) = self.usable_leader().map_err(BarrierFailure::NoQuorum)?;
         let index = if leader == self.node_id {
             self.read_index_here(timeout).await?
         } else {
+            let timeout = timeout.min(self.leader_call_limit());
             let mut client = self
                 .admin_client(leader, &info.addr)
                 .await

@@ -100,6 +100,12 @@ pub(crate) async fn write_or_stall(
     }
 }
 
+/// How long the copies of an upload may take before one more member is asked for a copy:
+/// a second, plus the time the bytes take at 100 MB/s.
+fn hedge_after(size: u64) -> Duration {
+    Duration::from_secs(1) + Duration::from_millis(size / 100_000)
+}
+
 /// How long a peer may take to fsync and place `size` bytes it has received (at 20 MB/s, the
 /// slowest disk worth waiting for, plus the usual stall allowance).
 fn fsync_allowance(size: u64) -> Duration {
@@ -957,7 +963,22 @@ impl Replicator {
             let Some(peer) = targets.next() else { break };
             running.push(self.push_to(peer, info));
         }
-        while let Some((peer, result)) = running.next().await {
+        let hedge_after = hedge_after(info.size);
+        while have.len() < needed {
+            let (peer, result) = match tokio::time::timeout(hedge_after, running.next()).await {
+                Ok(Some(done)) => done,
+                Ok(None) => break,
+                // The copies under way take longer than a healthy peer would (one may be cut
+                // off or paused, and would hold the upload until the stall timeout): push to
+                // one more member at once; whichever copies complete first count.
+                Err(_slow) => {
+                    if let Some(next) = targets.next() {
+                        tracing::info!(digest = %info.digest, next, "a copy is slow; pushing to one more member");
+                        running.push(self.push_to(next, info));
+                    }
+                    continue;
+                }
+            };
             match result {
                 Ok(()) => {
                     have.insert(peer);
@@ -969,9 +990,6 @@ impl Replicator {
                         running.push(self.push_to(next, info));
                     }
                 }
-            }
-            if have.len() >= needed {
-                break;
             }
         }
         if have.len() >= needed {
