@@ -11,7 +11,7 @@ use crate::history::Kind;
 
 /// How long one request may take before the harness gives up on it (a paused node never
 /// answers; the write is then indeterminate).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a completed operation is recorded.
 #[derive(Debug, Clone)]
@@ -85,6 +85,8 @@ impl Reply {
         let mut answer = if text.contains("OUTCOME_UNKNOWN") {
             Answer::info(error)
         } else if text.contains("NO_QUORUM")
+            // npm's error JSON carries the message only
+            || text.contains("no quorum: the write was not proposed")
             || text.contains("NOT_ENOUGH_COPIES")
             || self.status < 500
             || effect == Effect::Read

@@ -176,7 +176,9 @@ pub struct Op {
     pub r#final: bool,
 }
 
-/// Pairs every invoke with its completion, in invoke order. Nemesis events are left out.
+/// Pairs every invoke with its completion, in invoke order. Nemesis events are left out. A
+/// delete that found nothing to delete (answered 404) changed nothing: it becomes a read that
+/// returned "absent".
 pub fn operations(events: &[Event]) -> Vec<Op> {
     let mut open: std::collections::HashMap<u64, usize> = Default::default();
     let mut ops: Vec<Op> = Vec::new();
@@ -214,6 +216,10 @@ pub fn operations(events: &[Event]) -> Vec<Op> {
             op.served_by = e.served_by.clone();
             op.error = e.error.clone();
             op.body_sha256 = e.body_sha256.clone();
+            if op.f == "delete" && op.ret == crate::workload::ABSENT {
+                op.f = "read".into();
+                op.ret = Value::Null;
+            }
         }
     }
     ops

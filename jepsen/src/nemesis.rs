@@ -38,9 +38,9 @@ pub const FAMILIES: &[&str] = &[
     "bitflip-catch-up",
 ];
 
-/// What the disk-full nemesis leaves free: below `storage.min_free_bytes` (uploads are
-/// refused), above nothing (the raft log still has room).
-const DISK_LEFT_FREE: u64 = 16 << 20;
+/// What the disk-full nemesis leaves free: half of `storage.min_free_bytes` (uploads are
+/// refused; the raft log and snapshots keep the room reserved for them).
+const DISK_LEFT_FREE: u64 = 64 << 20;
 /// The file that fills a disk.
 const FILLER: &str = "jepsen-disk-filler";
 
@@ -77,7 +77,7 @@ pub enum Fault {
     /// `node` removed from the cluster (through `via`) and its data wiped; at heal it joins
     /// again under a new id and is promoted.
     Membership { node: usize, via: usize },
-    /// `node`'s disk filled up to a few MiB.
+    /// `node`'s disk filled until 64 MiB are left.
     DiskFull { node: usize },
     /// Everything the others send to `node` arrives `ms` late (NFQUEUE delay daemons): a
     /// follower that lags, or a leader that hears late.
@@ -214,8 +214,17 @@ pub fn concretize(step: &Step, n: usize, leader: Option<usize>, rng: &mut StdRng
     }
 }
 
+/// Blobs the nemesis corrupted on purpose (`sha256:<hex>`): a copy of one may be gone for a
+/// reason that is not Wharf's.
+pub type Damaged = std::collections::BTreeSet<String>;
+
 /// Puts `fault` in place. Returns a description of what was done.
-pub fn inject(cluster: &mut TestCluster, fault: &Fault, rng: &mut StdRng) -> String {
+pub fn inject(
+    cluster: &mut TestCluster,
+    fault: &Fault,
+    rng: &mut StdRng,
+    damaged: &mut Damaged,
+) -> String {
     match fault {
         Fault::PartitionOne { node } => {
             cluster.isolate(*node);
@@ -328,6 +337,7 @@ pub fn inject(cluster: &mut TestCluster, fault: &Fault, rng: &mut StdRng) -> Str
                 let blobs = blob_files(&cluster.members[node].data_dir());
                 for path in blobs.choose_multiple(rng, 3) {
                     if flip_byte(path, rng).is_ok() {
+                        damaged.insert(digest_of_path(path));
                         flipped.push(format!(
                             "node {}: {}",
                             node + 1,
@@ -391,7 +401,7 @@ fn empty_disk(dir: &Path) {
 
 /// Undoes `fault`: heals the network, resumes, restarts, resets the clock. Bit flips stay
 /// (the registry has to notice and repair them).
-pub fn heal(cluster: &mut TestCluster, fault: &Fault) {
+pub fn heal(cluster: &mut TestCluster, fault: &Fault, damaged: &mut Damaged) {
     match fault {
         Fault::PartitionOne { .. }
         | Fault::PartitionHalves { .. }
@@ -413,8 +423,10 @@ pub fn heal(cluster: &mut TestCluster, fault: &Fault) {
                     .collect();
             let mut rng = StdRng::seed_from_u64(*down as u64);
             for path in blob_files(&cluster.members[*source].data_dir()) {
-                if path.file_name().is_some_and(|n| !have.contains(n)) {
-                    let _ = flip_byte(&path, &mut rng);
+                if path.file_name().is_some_and(|n| !have.contains(n))
+                    && flip_byte(&path, &mut rng).is_ok()
+                {
+                    damaged.insert(digest_of_path(&path));
                 }
             }
             cluster.restart(*down);
@@ -449,6 +461,14 @@ pub fn blob_files(data_dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+/// `sha256:<file name>` of a blob file.
+fn digest_of_path(path: &Path) -> String {
+    format!(
+        "sha256:{}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
 }
 
 fn flip_byte(path: &Path, rng: &mut StdRng) -> std::io::Result<()> {

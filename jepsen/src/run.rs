@@ -11,7 +11,9 @@ use rand::rngs::StdRng;
 use serde_json::Value;
 use wharf_tests::cluster::{ClusterOpts, TestCluster};
 
-use crate::checker::{CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, Observations, StateHash};
+use crate::checker::{
+    CONVERGENCE_LIMIT_S, Convergence, Crash, DurabilityCheck, Observations, StateHash,
+};
 use crate::history::{Kind, Recorder};
 use crate::nemesis::{self, Fault, LIBFAKETIME, SKEW_FILE, Step};
 use crate::workload::Workloads;
@@ -41,7 +43,7 @@ pub struct Plan {
 /// install-snapshot after a node was away), the scrubber every few seconds (to repair flipped
 /// bytes within the run).
 /// Each node's tmpfs disk with the disk-full nemesis (RAM is used only as it fills).
-const DISK_BYTES: u64 = 2 << 30;
+const DISK_BYTES: u64 = 4 << 30;
 
 const EXTRA_CONFIG: &str = "\n[replication]\nscrub_interval_secs = 5\n";
 
@@ -111,8 +113,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
     let stop = AtomicBool::new(false);
     let mut rng = StdRng::seed_from_u64(plan.seed.rotate_left(17));
 
-    let mut durability = Vec::new();
-    let observations = std::thread::scope(|scope| {
+    let mut nemesis = NemesisState::default();
+    let workers_done = std::thread::scope(|scope| {
         for w in 0..plan.workers {
             let (workloads, recorder, stop) = (&workloads, &recorder, &stop);
             scope.spawn(move || workloads.worker(recorder, w, plan.seed, &plan.workloads, stop));
@@ -123,19 +125,18 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
         // A fault-free start, then the schedule.
         std::thread::sleep(plan.hold / 2);
         for step in &schedule {
-            let step_run = run_step(&mut cluster, &workloads, &recorder, step, plan, &mut rng);
-            if let Some(check) = step_run {
-                durability.push(check);
-            }
+            nemesis.run_step(&mut cluster, &workloads, &recorder, step, plan, &mut rng);
         }
         stop.store(true, Ordering::Relaxed);
         Ok::<_, anyhow::Error>(())
     });
-    observations?;
+    workers_done?;
     recorder.flush();
     println!("jepsen: faults done; healing and checking convergence");
     let mut observations = finale(&mut cluster, &workloads, &recorder, plan);
-    observations.durability = durability;
+    nemesis.look_for_crashes(&mut cluster, recorder.now_ms());
+    observations.durability = nemesis.durability;
+    observations.crashes = nemesis.crashes;
     recorder.flush();
     std::fs::write(
         plan.out.join("observations.json"),
@@ -155,39 +156,77 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// Injects one fault, holds it, heals it, and waits out the quiet phase. After a power cut of
-/// every node, returns how many durable copies each acknowledged blob kept.
-fn run_step(
-    cluster: &mut TestCluster,
-    workloads: &Workloads,
-    recorder: &Recorder,
-    step: &Step,
-    plan: &Plan,
-    rng: &mut StdRng,
-) -> Option<DurabilityCheck> {
-    let leader = leader_of(cluster);
-    let fault = nemesis::concretize(step, cluster.members.len(), leader, rng);
-    recorder.nemesis(Kind::Invoke, &step.family, "");
-    // Everything acknowledged before the cut must survive it on min_copies nodes.
-    let acked_before = workloads.blobs_to_converge();
-    let detail = nemesis::inject(cluster, &fault, rng);
-    let check = match &fault {
-        Fault::PowerLoss { nodes } if nodes.len() == cluster.members.len() => Some(
-            count_durable_copies(cluster, &acked_before, recorder.now_ms(), plan.min_copies),
-        ),
-        _ => None,
-    };
-    println!("jepsen: {} — {detail}", step.family);
-    recorder.nemesis(Kind::Ok, &step.family, &detail);
-    std::thread::sleep(Duration::from_millis(step.hold_ms));
-    recorder.nemesis(Kind::Invoke, "heal", step.family.as_str());
-    nemesis::heal(cluster, &fault);
-    recorder.nemesis(Kind::Ok, "heal", step.family.as_str());
-    if matches!(fault, Fault::PowerLoss { .. } | Fault::Kill { .. }) {
-        println!("jepsen: restarted");
+/// What the nemesis keeps across steps.
+#[derive(Default)]
+struct NemesisState {
+    /// Blobs it corrupted on purpose.
+    damaged: nemesis::Damaged,
+    /// One per power cut of every node.
+    durability: Vec<DurabilityCheck>,
+    /// Nodes that exited by themselves.
+    crashes: Vec<Crash>,
+}
+
+impl NemesisState {
+    /// Injects one fault, holds it, heals it, and waits out the quiet phase. After a power
+    /// cut of every node, counts how many durable copies each acknowledged blob kept; after
+    /// each step, restarts (and records) any node that exited by itself.
+    fn run_step(
+        &mut self,
+        cluster: &mut TestCluster,
+        workloads: &Workloads,
+        recorder: &Recorder,
+        step: &Step,
+        plan: &Plan,
+        rng: &mut StdRng,
+    ) {
+        let leader = leader_of(cluster);
+        let fault = nemesis::concretize(step, cluster.members.len(), leader, rng);
+        recorder.nemesis(Kind::Invoke, &step.family, "");
+        // Everything acknowledged before the cut must survive it on min_copies nodes.
+        let acked_before = workloads.blobs_to_converge();
+        let detail = nemesis::inject(cluster, &fault, rng, &mut self.damaged);
+        if let Fault::PowerLoss { nodes } = &fault
+            && nodes.len() == cluster.members.len()
+        {
+            let acked: Vec<String> = acked_before
+                .into_iter()
+                .filter(|d| !self.damaged.contains(d))
+                .collect();
+            self.durability.push(count_durable_copies(
+                cluster,
+                &acked,
+                recorder.now_ms(),
+                plan.min_copies,
+            ));
+        }
+        println!("jepsen: {} — {detail}", step.family);
+        recorder.nemesis(Kind::Ok, &step.family, &detail);
+        std::thread::sleep(Duration::from_millis(step.hold_ms));
+        recorder.nemesis(Kind::Invoke, "heal", step.family.as_str());
+        nemesis::heal(cluster, &fault, &mut self.damaged);
+        recorder.nemesis(Kind::Ok, "heal", step.family.as_str());
+        std::thread::sleep(Duration::from_millis(step.quiet_ms));
+        self.look_for_crashes(cluster, recorder.now_ms());
     }
-    std::thread::sleep(Duration::from_millis(step.quiet_ms));
-    check
+
+    /// Records and restarts the nodes that exited by themselves.
+    fn look_for_crashes(&mut self, cluster: &mut TestCluster, at_ms: f64) {
+        let gone = cluster.exited();
+        for &i in &gone {
+            let log = cluster.members[i].log();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            println!("jepsen: node {} exited by itself", i + 1);
+            self.crashes.push(Crash {
+                node: i + 1,
+                at_ms,
+                log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            });
+        }
+        if !gone.is_empty() {
+            cluster.restart_many(&gone);
+        }
+    }
 }
 
 /// After every node lost power (and before any restarted): how many nodes' disks still hold
@@ -261,17 +300,22 @@ fn finale(
     }
     let limit = Duration::from_secs_f64(CONVERGENCE_LIMIT_S);
     loop {
-        for (i, m) in cluster.members.iter().enumerate() {
-            let c = &mut observations.convergence[i];
-            if c.seconds.is_some() {
-                continue;
+        // Each node's disk is read by a thread of its own, so that one node's hashing does not
+        // count against another's time.
+        std::thread::scope(|scope| {
+            for (c, m) in observations.convergence.iter_mut().zip(&cluster.members) {
+                if c.seconds.is_some() {
+                    continue;
+                }
+                let data = m.data_dir();
+                scope.spawn(move || {
+                    c.missing.retain(|digest| !holds_intact(&data, digest));
+                    if c.missing.is_empty() {
+                        c.seconds = Some(healed.elapsed().as_secs_f64());
+                    }
+                });
             }
-            let data = m.data_dir();
-            c.missing.retain(|digest| !holds_intact(&data, digest));
-            if c.missing.is_empty() {
-                c.seconds = Some(healed.elapsed().as_secs_f64());
-            }
-        }
+        });
         if observations.convergence.iter().all(|c| c.seconds.is_some()) || healed.elapsed() > limit
         {
             break;
@@ -279,7 +323,8 @@ fn finale(
         std::thread::sleep(Duration::from_millis(500));
     }
     println!("jepsen: final reads on every node");
-    workloads.final_reads(recorder, &plan.workloads);
+    let running: Vec<usize> = cluster.running().map(|m| m.index).collect();
+    workloads.final_reads(recorder, &plan.workloads, &running);
     observations.state_hashes = settled_state_hashes(cluster);
     observations
 }
@@ -308,6 +353,7 @@ fn settled_state_hashes(cluster: &TestCluster) -> Vec<StateHash> {
                     node: i + 1,
                     applied_index: v["applied_index"].as_u64()?,
                     sha256: v["sha256"].as_str()?.to_string(),
+                    divergence: v["divergence"].clone(),
                 })
             })
             .collect();

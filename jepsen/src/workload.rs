@@ -32,6 +32,10 @@ pub const IMMUTABLE_REPO: &str = "jr-immutable";
 pub const BLOB_REPO: &str = "jr-blobs";
 pub const NPM_REPO: &str = "jr-npm";
 
+/// What an acknowledged delete of a tag returns: it removed the tag, or found none.
+pub const DELETED: &str = "deleted";
+pub const ABSENT: &str = "absent";
+
 /// OCI names are `<repository>/<image>`: every OCI workload uses the image `app`.
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -42,6 +46,8 @@ const REGISTER_KEYS: u64 = 4;
 const PACKAGES: u64 = 2;
 /// Operations on one immutable tag before the workers move on to the next.
 const OPS_PER_IMMUTABLE_TAG: u64 = 12;
+/// How long the final reads may take in all (retries of failed reads stop after it).
+const FINAL_READS_BUDGET: Duration = Duration::from_secs(180);
 /// Register operations before the workers move on to fresh keys: the linearizability search
 /// is exponential in the worst case, so each key's history is kept to a few hundred operations
 /// (as Jepsen's `independent` keys do).
@@ -308,7 +314,7 @@ impl Workloads {
                     let digest = acked[rng.random_range(0..acked.len())].clone();
                     return planned("read", digest, Value::Null);
                 }
-                let size = if rng.random_bool(0.1) {
+                let size = if rng.random_bool(0.03) {
                     rng.random_range(4 << 20..6 << 20)
                 } else {
                     rng.random_range(1..256 << 10)
@@ -372,12 +378,14 @@ impl Workloads {
             _ => {
                 let url = self.url(node, &format!("/v2/{repo}/app/manifests/{}", op.key));
                 let reply = send(client.delete(url), Effect::Write)?;
-                let gone =
-                    reply.status == 202 || (reply.status == 404 && is_unknown_tag(&reply.body));
-                Ok(if gone {
-                    with_node(Answer::ok(Value::Null), &reply.served_by)
-                } else {
-                    reply.unexpected(Effect::Write)
+                // 404: the tag was absent — the delete observed that and changed nothing (the
+                // checkers take it as a read of "absent", not as a write).
+                Ok(match reply.status {
+                    202 => with_node(Answer::ok(json!(DELETED)), &reply.served_by),
+                    404 if is_unknown_tag(&reply.body) => {
+                        with_node(Answer::ok(json!(ABSENT)), &reply.served_by)
+                    }
+                    _ => reply.unexpected(Effect::Write),
                 })
             }
         }
@@ -599,7 +607,7 @@ impl Workloads {
     /// After heal: reads every key of every workload on every node (these reads are in the
     /// history, marked `final`). A read that fails is tried again for a while: the cluster
     /// was just healed.
-    pub fn final_reads(&self, recorder: &Recorder, enabled: &[&'static str]) {
+    pub fn final_reads(&self, recorder: &Recorder, enabled: &[&'static str], nodes: &[usize]) {
         let client = http_client();
         let mut rng = StdRng::seed_from_u64(0);
         let mut planned: Vec<Planned> = Vec::new();
@@ -641,9 +649,11 @@ impl Workloads {
                 _ => {}
             }
         }
-        for node in 1..=self.nodes.len() {
+        // One budget for the whole phase: a node that stopped answering costs it once.
+        let budget = Instant::now() + FINAL_READS_BUDGET;
+        for &node in nodes {
             for op in &planned {
-                let deadline = Instant::now() + Duration::from_secs(30);
+                let deadline = (Instant::now() + Duration::from_secs(30)).min(budget);
                 loop {
                     let process = self.process();
                     let answer = self.run(recorder, &client, process, node, op, true, &mut rng);

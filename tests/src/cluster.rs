@@ -319,7 +319,8 @@ impl TestCluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let out = self.cli_status(&self.members[via], &["cluster", "remove", &id, "--yes"]);
-            if out.status.success() {
+            // A retry of a removal that committed while its answer was lost.
+            if out.status.success() || stderr(&out).contains("not a member") {
                 break;
             }
             assert!(Instant::now() < deadline, "remove {id}: {}", stderr(&out));
@@ -330,6 +331,10 @@ impl TestCluster {
         for entry in std::fs::read_dir(&data).into_iter().flatten().flatten() {
             let path = entry.path();
             let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+        // Durable, so that a later power cut cannot bring the old node's files back.
+        if let Ok(dir) = std::fs::File::open(&data) {
+            let _ = dir.sync_all();
         }
     }
 
@@ -401,7 +406,8 @@ impl TestCluster {
                 &self.members[via],
                 &["cluster", "promote", &id.to_string(), "--yes"],
             );
-            if out.status.success() {
+            // A retry of a promotion that committed while its answer was lost.
+            if out.status.success() || stderr(&out).contains("already") {
                 return;
             }
             assert!(Instant::now() < deadline, "promote {id}: {}", stderr(&out));
@@ -492,6 +498,21 @@ impl TestCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The members whose process exited by itself since the last look (not those killed or
+    /// stopped through this cluster); they count as stopped from now on.
+    pub fn exited(&mut self) -> Vec<usize> {
+        let mut gone = Vec::new();
+        for (i, m) in self.members.iter_mut().enumerate() {
+            if let Some(child) = &mut m.child
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                m.child = None;
+                gone.push(i);
+            }
+        }
+        gone
     }
 
     /// `kill -9` member `i`.

@@ -12,6 +12,9 @@ use crate::history::{Event, Kind, NEMESIS, Op, Outcome};
 pub const MIN_QUIET_SUCCESS: f64 = 0.90;
 /// How long after a heal the cluster may still settle.
 const SETTLE_MS: f64 = 1000.0;
+/// An operation that took longer than this was stalled, however it ended (a cluster where
+/// every client hangs would otherwise start no operation at all and look fine).
+const STALLED_MS: f64 = 3000.0;
 
 /// One phase of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +32,8 @@ pub struct Phase {
 
 /// Splits the run into phases by the nemesis events, and counts the client operations (not
 /// the final reads, not uploads meant to be refused) started in each. `ok` counts the
-/// operations that got the answer they should (a competing immutable push refused is one).
+/// operations that got the answer they should (a competing immutable push refused is one)
+/// within [`STALLED_MS`]; one still running when the run ended counts as not ok.
 pub fn phases(events: &[Event], ops: &[Op]) -> Vec<Phase> {
     let mut phases = Vec::new();
     let mut quiet_from = 0.0;
@@ -85,6 +89,7 @@ pub fn phases(events: &[Event], ops: &[Op]) -> Vec<Phase> {
         {
             p.ops += 1;
             match op.outcome {
+                Outcome::Ok if op.end_ms - op.start_ms > STALLED_MS => p.info += 1,
                 Outcome::Ok => p.ok += 1,
                 // A competing push to an immutable tag refused: the answer it should get.
                 Outcome::Fail if refused_as_it_should(op) => p.ok += 1,

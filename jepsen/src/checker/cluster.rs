@@ -17,6 +17,18 @@ pub struct Observations {
     /// One per power cut of every node.
     #[serde(default)]
     pub durability: Vec<DurabilityCheck>,
+    /// Nodes whose process exited without the nemesis killing it.
+    #[serde(default)]
+    pub crashes: Vec<Crash>,
+}
+
+/// A node that exited by itself (a fatal error: an fsync that failed, an entry it could not
+/// apply), found after a step; it was restarted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Crash {
+    pub node: usize,
+    pub at_ms: f64,
+    pub log_tail: String,
 }
 
 /// The disks right after every node lost power, before any restarted.
@@ -49,6 +61,10 @@ pub struct StateHash {
     pub node: usize,
     pub applied_index: u64,
     pub sha256: String,
+    /// What the node recorded of a divergence found when nodes compared hashes at their
+    /// snapshots (null or empty: none).
+    #[serde(default)]
+    pub divergence: serde_json::Value,
 }
 
 pub fn convergence(obs: &Observations) -> Verdict {
@@ -97,8 +113,34 @@ pub fn durable_copies(obs: &Observations) -> Verdict {
     verdict
 }
 
+/// No node stopped by itself.
+pub fn no_crashes(obs: &Observations) -> Verdict {
+    let mut verdict = Verdict::new("no-crashes");
+    for c in &obs.crashes {
+        verdict.violation(format!(
+            "node {} exited by itself (found at {:.0} ms); its log ends: {}",
+            c.node, c.at_ms, c.log_tail
+        ));
+    }
+    verdict
+}
+
 pub fn state_hashes(obs: &Observations) -> Verdict {
     let mut verdict = Verdict::new("state-hashes-equal");
+    for h in &obs.state_hashes {
+        let diverged = match &h.divergence {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+            _ => true,
+        };
+        if diverged {
+            verdict.violation(format!(
+                "node {} recorded a divergence of state hashes: {}",
+                h.node, h.divergence
+            ));
+        }
+    }
     if let Some(first) = obs.state_hashes.first() {
         for h in &obs.state_hashes[1..] {
             if h.applied_index != first.applied_index {

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::history::{Event, Op, operations};
 
 pub use availability::phases as availability_phases;
-pub use cluster::{CONVERGENCE_LIMIT_S, Convergence, DurabilityCheck, Observations, StateHash};
+pub use cluster::{
+    CONVERGENCE_LIMIT_S, Convergence, Crash, DurabilityCheck, Observations, StateHash,
+};
 
 /// At most this many violations are listed per checker (the count is always complete).
 const LISTED: usize = 20;
@@ -104,6 +106,7 @@ pub fn check_all(
         verdicts.push(cluster::durable_copies(observations));
     }
     verdicts.push(cluster::state_hashes(observations));
+    verdicts.push(cluster::no_crashes(observations));
     verdicts.push(availability::check(events, &ops));
     verdicts
 }

@@ -38,6 +38,7 @@ fn verdict(events: &[Event], workload: &str, checker: &str) -> super::Verdict {
             node: 1,
             applied_index: 1,
             sha256: "x".into(),
+            divergence: Value::Null,
         }],
         ..Observations::default()
     };
