@@ -30,7 +30,14 @@ use serde::{Deserialize, Serialize};
 use crate::checker::Observations;
 
 /// Workloads, by the name `--workloads` takes.
-const WORKLOADS: &[&str] = &["register", "bounded", "immutable", "blobs", "packages"];
+const WORKLOADS: &[&str] = &[
+    "register",
+    "bounded",
+    "immutable",
+    "blobs",
+    "packages",
+    "repos",
+];
 
 /// `read.max_staleness` of the lab's nodes (the default), and what the staleness checker
 /// allows on top for the request's own travel.

@@ -70,7 +70,8 @@ pub const BUGS: &[Bug] = &[
         min_copies: 2,
     },
     // A retried proposal applies twice: a follower whose leader was killed after applying a
-    // forwarded write proposes it again to the next leader.
+    // forwarded write proposes it again to the next leader; a create of a fresh repository
+    // name then answers "already exists".
     Bug {
         name: "drop-request-dedup",
         faults: &["kill", "kill", "kill", "kill"],

@@ -7,6 +7,7 @@
 //! | `immutable` | `jr-immutable` (immutable) | push one of 2–4 competing manifests to a tag, read it  |
 //! | `blobs`     | `jr-blobs` (oci)           | push random blobs (some with a wrong digest or cut short, which must fail), read acknowledged ones |
 //! | `packages`  | `jr-npm` (npm)             | publish versions, read the packument (index)           |
+//! | `repos`     | `jr-new-<n>` (generic)     | create repositories under names never used before      |
 //!
 //! A register value is a number carried in the manifest's annotations, so a read maps the
 //! served manifest back to the write that made it. Every body read is hashed.
@@ -87,6 +88,7 @@ pub struct Workloads {
     acked_versions: Mutex<Vec<String>>,
     next_version: AtomicU64,
     next_process: AtomicU64,
+    next_repo: AtomicU64,
 }
 
 impl Workloads {
@@ -112,6 +114,7 @@ impl Workloads {
             acked_versions: Mutex::default(),
             next_version: AtomicU64::new(0),
             next_process: AtomicU64::new(1),
+            next_repo: AtomicU64::new(0),
         }
     }
 
@@ -123,13 +126,7 @@ impl Workloads {
     /// answers (it was just formed).
     pub fn setup(&self) -> anyhow::Result<()> {
         let client = http_client();
-        let repo = |name: &str, format: &str, immutable: bool, consistency: &str| {
-            json!({
-                "name": name, "format": format, "immutable": immutable,
-                "consistency": consistency, "replication": "all-regions", "regions": [],
-                "allow_sparse_index": false, "allow_unpublish": false,
-            })
-        };
+        let repo = repo_body;
         let repos = [
             repo(STRONG_REPO, "oci", false, "strong"),
             repo(BOUNDED_REPO, "oci", false, "bounded"),
@@ -332,6 +329,10 @@ impl Workloads {
                     json!({ "size": size, "seed": seed, "kind": kind }),
                 )
             }
+            "repos" => {
+                let n = self.next_repo.fetch_add(1, Ordering::Relaxed);
+                planned("create", format!("jr-new-{n}"), Value::Null)
+            }
             "packages" => {
                 let name = format!("jp-{}", rng.random_range(0..PACKAGES));
                 if rng.random_bool(0.5) {
@@ -357,6 +358,7 @@ impl Workloads {
             ("packages", "publish") => self.publish(client, node, &op.key),
             ("packages", "tarball") => self.read_tarball(client, node, &op.key),
             ("packages", _) => self.read_index(client, node, &op.key),
+            ("repos", _) => self.create_repo(client, node, &op.key),
             (w, f) => unreachable!("no operation {w}/{f}"),
         };
         result.unwrap_or_else(|answer| answer)
@@ -535,6 +537,23 @@ impl Workloads {
         Ok(answer)
     }
 
+    // --- repositories
+
+    /// Creates a repository under a name no one used before: 201, or an error. "Already exists"
+    /// can only mean this very create was applied twice.
+    fn create_repo(&self, client: &Client, node: usize, name: &str) -> Result<Answer, Answer> {
+        let body = repo_body(name, "generic", false, "strong");
+        let reply = send(
+            client.post(self.url(node, "/api/v1/repos")).json(&body),
+            Effect::Write,
+        )?;
+        Ok(if reply.status == 201 {
+            with_node(Answer::ok(Value::Null), &reply.served_by)
+        } else {
+            reply.unexpected(Effect::Write)
+        })
+    }
+
     // --- npm
 
     fn publish(&self, client: &Client, node: usize, key: &str) -> Result<Answer, Answer> {
@@ -676,6 +695,15 @@ impl Workloads {
         }
         digests
     }
+}
+
+/// The body of `POST /api/v1/repos`.
+fn repo_body(name: &str, format: &str, immutable: bool, consistency: &str) -> Value {
+    json!({
+        "name": name, "format": format, "immutable": immutable,
+        "consistency": consistency, "replication": "all-regions", "regions": [],
+        "allow_sparse_index": false, "allow_unpublish": false,
+    })
 }
 
 /// The bytes of a random blob, reproducible from its seed.

@@ -100,6 +100,9 @@ pub fn check_all(
     if ran("packages") {
         verdicts.push(sets::packages(&ops, observations.nodes));
     }
+    if ran("repos") {
+        verdicts.push(sets::creates_apply_once(&ops));
+    }
     verdicts.push(sets::never_not_found(&ops));
     verdicts.push(cluster::convergence(observations));
     if !observations.durability.is_empty() {

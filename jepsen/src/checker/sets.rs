@@ -140,6 +140,28 @@ fn lost_items(
     lost
 }
 
+/// DESIGN.md §1.1 (a retried write applies once): a repository created under a name never used
+/// before can only be "already there" if this very create was applied twice (a forward retried
+/// after its first entry committed, applied again instead of answered from the request id).
+pub fn creates_apply_once(ops: &[Op]) -> Verdict {
+    let mut verdict = Verdict::new("creates-apply-once");
+    let mut creates = 0;
+    for op in of(ops, "repos").filter(|op| op.f == "create") {
+        creates += 1;
+        let exists = op.error.as_deref().is_some_and(|e| e.starts_with("409"));
+        if op.outcome == Outcome::Fail && exists {
+            verdict.violation(format!(
+                "creating the new repository {} through node {} at {:.0} ms was answered \
+                 \"already exists\"",
+                op.key, op.node, op.start_ms
+            ));
+        }
+    }
+    verdict.count("creates", creates);
+    verdict.require_some("repository creates", creates);
+    verdict
+}
+
 /// No "not found" for a blob or package version after its write was acknowledged.
 pub fn never_not_found(ops: &[Op]) -> Verdict {
     let mut verdict = Verdict::new("no-404-for-acknowledged");

@@ -29,11 +29,18 @@ pub fn check(ops: &[Op], bound_ms: f64) -> Verdict {
             reads += 1;
             let got = &read.ret;
             // When each write that could have produced the value read completed (absent is
-            // also the initial state, "written" at 0).
+            // also the initial state, "written" at 0). An indeterminate write may take effect at
+            // any time after it started, however long after the client gave up on it.
             let mut sources: Vec<f64> = writes
                 .iter()
                 .filter(|w| written(w) == *got && w.start_ms <= read.end_ms)
-                .map(|w| w.end_ms)
+                .map(|w| {
+                    if w.outcome == Outcome::Info {
+                        f64::INFINITY
+                    } else {
+                        w.end_ms
+                    }
+                })
                 .collect();
             if got.is_null() {
                 sources.push(0.0);

@@ -140,6 +140,25 @@ fn a_read_older_than_the_bound_is_stale() {
 }
 
 #[test]
+fn an_indeterminate_write_that_lands_late_is_not_stale() {
+    // Write 1 times out; write 2 is acknowledged; seconds later write 1 lands and is read.
+    let mut events = history(&[
+        (1, Invoke, "bounded", "write", "k", json!(1), 1),
+        (1, Info, "bounded", "write", "k", Value::Null, 1),
+        (2, Invoke, "bounded", "write", "k", json!(2), 2),
+        (2, Done, "bounded", "write", "k", json!(2), 2),
+        (3, Invoke, "bounded", "read", "k", Value::Null, 3),
+        (3, Done, "bounded", "read", "k", json!(1), 3),
+    ]);
+    events[4].time_ms += 8000.0;
+    events[5].time_ms += 8000.0;
+    assert!(verdict(&events, "bounded", "bounded-staleness").valid);
+    // The same with write 1 acknowledged: stale by 8 s.
+    events[1].kind = Done;
+    assert!(!verdict(&events, "bounded", "bounded-staleness").valid);
+}
+
+#[test]
 fn a_lost_blob_and_a_404_after_its_ack_are_flagged() {
     let blob = |kind: &str| json!({ "size": 1, "seed": 1, "kind": kind });
     let mut events = history(&[
