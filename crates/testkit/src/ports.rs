@@ -32,7 +32,10 @@ pub fn free_loopback_addr() -> SocketAddr {
     }
     // Offsets stay below `span - 1`, so the port after the one handed out is in the pool too.
     let modulus = u32::from(span) - 1;
-    let seed = process_seed() % modulus;
+    // One seed per process: a seed drawn per call would hand out random offsets, and two of
+    // them can meet (a test asking for 50 ports saw the same one twice).
+    static SEED: OnceLock<u32> = OnceLock::new();
+    let seed = *SEED.get_or_init(process_seed) % modulus;
     for _ in 0..span / 2 {
         let step = NEXT.fetch_add(2, Ordering::Relaxed);
         let offset = ((seed + step) % modulus) & !1;
