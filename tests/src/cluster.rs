@@ -115,6 +115,16 @@ impl Member {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The node id it was given when it joined (from `data/node.toml`).
+    fn minted_node_id(&self) -> u64 {
+        let node_toml = std::fs::read_to_string(self.data_dir().join("node.toml")).unwrap();
+        node_toml
+            .lines()
+            .find_map(|l| l.strip_prefix("node_id = "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no node_id in {node_toml}"))
+    }
+
     /// Where its data lives (the lazyfs mount point with [`ClusterOpts::lazyfs`]).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
@@ -359,13 +369,7 @@ impl TestCluster {
         std::fs::write(&config_path, config).unwrap();
         self.spawn(i, Some(&token));
         self.wait_ready(i);
-        let node_toml =
-            std::fs::read_to_string(self.members[i].data_dir().join("node.toml")).unwrap();
-        let id = node_toml
-            .lines()
-            .find_map(|l| l.strip_prefix("node_id = "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no node_id in {node_toml}"));
+        let id = self.members[i].minted_node_id();
         self.members[i].node_id = id;
         self.promote(via, id);
     }
@@ -379,13 +383,7 @@ impl TestCluster {
         let i = self.members.len() - 1;
         self.spawn(i, Some(&token));
         self.wait_ready(i);
-        let node_toml =
-            std::fs::read_to_string(self.members[i].dir.join("data/node.toml")).unwrap();
-        let id = node_toml
-            .lines()
-            .find_map(|l| l.strip_prefix("node_id = "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no node_id in {node_toml}"));
+        let id = self.members[i].minted_node_id();
         self.members[i].node_id = id;
         i
     }
